@@ -1,0 +1,5 @@
+import sys
+
+from purer.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""``purer`` command line: one subcommand per pipeline step, each a thin layer over the library.
+
+Every subcommand takes ``--config FILE`` and any number of ``--set section.key=value`` overrides,
+writes the resolved config next to its outputs, and exits with status 2 and one line on stderr
+for bad input (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from purer.errors import PurerError
+from purer.tracking import setup_logging
+
+# subcommand -> module in purer.cli providing add_arguments(parser) and run(args) -> None
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("purer.cli.prepare", "decode datasets once into cached uint8 tensors per split"),
+    "pool": ("purer.cli.pool", "partition classes, train teachers, write the pool manifest"),
+    "meta-train": ("purer.cli.meta_train", "meta-train a model (purer/ei/random/average) from the pool"),
+    "meta-test": ("purer.cli.meta_test", "evaluate a meta model on fixed episodes (optionally with ICFIL)"),
+    "report": ("purer.cli.report", "gather metrics into paper-style tables and figures"),
+}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--set`` (shared by every step)."""
+    parser.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set meta_train.outer_lr=0.0005 (repeatable)",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="purer",
+        description="Data-free meta-learning (PURER: ECI meta-training, ICFIL meta-testing).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<step>", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        step = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(step)
+        step.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        args._run(args)
+    except PurerError as exc:
+        logging.getLogger("purer").debug("error details", exc_info=True)
+        print(f"purer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"purer {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model zoo (backbones) and the pre-trained pool (partition, training, manifest)."""

@@ -1,0 +1,230 @@
+"""Backbones: Conv4, ResNet-10 and ResNet-18 for any input size and channel count (algorithm.md §1.3).
+
+Every backbone exposes ``features(x) -> [B, D]`` and a linear ``head``; ``forward = head(features)``.
+Teachers keep BatchNorm running statistics (the inversion matches them); the meta model is built
+with ``running_stats=False`` so its BatchNorm always normalises with the current batch (as in the
+reference MAML code, transductive at test time).
+
+BatchNorm layers are :class:`RecordingBatchNorm2d`: inside :func:`record_bn_stats` they append the
+per-channel mean and biased variance of their *input* to a list. This works under
+``torch.func.functional_call`` and ``torch.func.vmap`` (where forward hooks cannot be used), which
+is how the batched inversion loss gets its BatchNorm statistics explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from purer.errors import ConfigError
+
+_STATS_SINK: contextvars.ContextVar[list | None] = contextvars.ContextVar("bn_stats_sink", default=None)
+
+
+@dataclass(frozen=True)
+class BNStats:
+    """Statistics of one BatchNorm input: batch mean/var [C] and the layer's running mean/var [C]."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor | None
+
+
+@contextlib.contextmanager
+def record_bn_stats() -> Iterator[list[BNStats]]:
+    """Collect a :class:`BNStats` per BatchNorm layer, in forward order, for forwards in the block."""
+    sink: list[BNStats] = []
+    token = _STATS_SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _STATS_SINK.reset(token)
+
+
+class RecordingBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that reports its input statistics inside :func:`record_bn_stats`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sink = _STATS_SINK.get()
+        if sink is not None:
+            x32 = x.float()
+            mean = x32.mean(dim=(0, 2, 3))
+            var = x32.var(dim=(0, 2, 3), unbiased=False)
+            sink.append(BNStats(mean, var, self.running_mean, self.running_var))
+        return super().forward(x)
+
+
+def _bn(channels: int, running_stats: bool) -> RecordingBatchNorm2d:
+    return RecordingBatchNorm2d(channels, track_running_stats=running_stats)
+
+
+class Backbone(nn.Module):
+    """Base class: ``features`` then a linear ``head``."""
+
+    feature_dim: int
+    head: nn.Linear
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x [B, C, H, W]. Returns: logits [B, num_classes]."""
+        return self.head(self.features(x))
+
+
+class Conv4(Backbone):
+    """Four [3x3 conv (bias) -> BN -> ReLU -> 2x2 max-pool] blocks, flatten, linear.
+
+    With 32 filters (PURER) the head input is 32*(s//16)^2: 128 at 32 px, 800 at 84 px.
+    ``adaptive_pool=True`` adds a global max-pool before the head (any input size; MH pools).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        image_size: int = 32,
+        width: int = 32,
+        running_stats: bool = True,
+        adaptive_pool: bool = False,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for _ in range(4):
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=True),
+                _bn(width, running_stats),
+                nn.ReLU(inplace=False),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.encoder = nn.Sequential(*layers)
+        self.adaptive_pool = adaptive_pool
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        if not adaptive_pool and side < 1:
+            raise ConfigError(f"conv4 needs image_size >= 16 (got {image_size}); use adaptive_pool")
+        self.feature_dim = width if adaptive_pool else width * side * side
+        self.head = nn.Linear(self.feature_dim, num_classes)
+        _init_weights(self)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        if self.adaptive_pool:
+            h = torch.amax(h, dim=(2, 3))
+        return h.flatten(1)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block; 1x1 conv + BN shortcut when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, running_stats: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = _bn(out_channels, running_stats)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = _bn(out_channels, running_stats)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                _bn(out_channels, running_stats),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet(Backbone):
+    """CloserLook-style ResNet: 3x3 stem (64, stride 1) + BN, four stages [64,128,256,512], GAP, linear."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        blocks_per_stage: tuple[int, int, int, int],
+        in_channels: int = 3,
+        image_size: int = 32,
+        running_stats: bool = True,
+        **_: object,
+    ) -> None:
+        super().__init__()
+        del image_size  # global average pooling makes the head size-independent
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), _bn(64, running_stats))
+        stages: list[nn.Module] = []
+        channels = 64
+        for stage, width in enumerate((64, 128, 256, 512)):
+            for block in range(blocks_per_stage[stage]):
+                stride = 2 if stage > 0 and block == 0 else 1
+                stages.append(BasicBlock(channels, width, stride, running_stats))
+                channels = width
+        self.stages = nn.Sequential(*stages)
+        self.feature_dim = channels
+        self.head = nn.Linear(channels, num_classes)
+        _init_weights(self)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x)).mean(dim=(2, 3))
+
+
+def _init_weights(model: nn.Module) -> None:
+    """Fan-out He-normal convs, BN gamma=1 beta=0 (as the reference network.py)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            n = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+            module.weight.data.normal_(0, math.sqrt(2.0 / n))
+        elif isinstance(module, nn.BatchNorm2d):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+
+def _conv4(num_classes: int, in_channels: int, image_size: int, running_stats: bool, width: int = 32, **kw):
+    return Conv4(num_classes, in_channels, image_size, width, running_stats, kw.get("adaptive_pool", False))
+
+
+def _resnet10(num_classes: int, in_channels: int, image_size: int, running_stats: bool, **_):
+    return ResNet(num_classes, (1, 1, 1, 1), in_channels, image_size, running_stats)
+
+
+def _resnet18(num_classes: int, in_channels: int, image_size: int, running_stats: bool, **_):
+    return ResNet(num_classes, (2, 2, 2, 2), in_channels, image_size, running_stats)
+
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {
+    "conv4": _conv4,
+    "resnet10": _resnet10,
+    "resnet18": _resnet18,
+}
+
+
+def build_backbone(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    running_stats: bool = True,
+    **kwargs: object,
+) -> Backbone:
+    """Build a backbone by registry name.
+
+    Args:
+        name: one of :data:`BACKBONES`.
+        num_classes: logits of the head.
+        in_channels: 1 (grey) or 3 (RGB).
+        image_size: square input side (Conv4 sizes its head from it).
+        running_stats: True for teachers, False for the meta model (batch statistics only).
+        **kwargs: ``width`` and ``adaptive_pool`` for Conv4.
+    """
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown architecture {name!r} (valid: {sorted(BACKBONES)})")
+    return BACKBONES[name](num_classes, in_channels, image_size, running_stats, **kwargs)
