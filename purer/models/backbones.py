@@ -74,9 +74,14 @@ class Backbone(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x [B, C, H, W]. Returns: logits [B, num_classes]."""
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        """Args: x [B, C, H, W]. Returns: logits [B, num_classes], or features [B, D] if asked.
+
+        ``return_features`` lets ``torch.func.functional_call`` reach the feature extractor
+        (ProtoNet, ANIL, ICFIL) without a second module.
+        """
+        features = self.features(x)
+        return features if return_features else self.head(features)
 
 
 class Conv4(Backbone):
