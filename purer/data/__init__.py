@@ -1,0 +1,1 @@
+"""Datasets: a registry of sources that all produce the same cached split format."""
