@@ -1,0 +1,343 @@
+"""Paper-style result tables: rows = methods, columns = settings, cells ``"52.13 ± 0.81"``.
+
+Each table is rendered as Markdown, LaTeX (booktabs) and CSV (long format, numeric ``mean``,
+``ci95``, ``n_seeds``). The best mean of each column (within a dataset) is in bold; ties at the
+printed precision are all bold. Every table carries notes: the selection protocol, the test
+episodes, the seeds and how the ``±`` was computed, and the ICFIL caveat when ICFIL rows appear.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from purer.errors import ConfigError, DataError
+from purer.io import write_text
+from purer.report.aggregate import (
+    CONTEXT,
+    ICFIL_NOTE,
+    SELECTION_NOTES,
+    context_value,
+    method_rank,
+    varying_context,
+)
+
+logger = logging.getLogger(__name__)
+
+DECIMALS = 2
+MISSING = "—"
+SEED_CI = "1.96·σ/√n"  # the across-seeds CI formula, as printed in the notes
+FACTOR_HEADERS = {"learner": "Learner", "teacher_weighting": "Teacher weighting", "scenario": "Scenario"}
+CSV_COLUMNS = (
+    ["dataset", "label", "variant", "method", "icfil", "n_way", "n_shot", "setting"]
+    + ["mean", "ci95", "n_seeds", "ci_kind", "best"]
+    + list(CONTEXT)
+    + ["pool", "seeds"]
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One result table.
+
+    Attributes:
+        name: file stem, e.g. ``"main"``.
+        title: caption title.
+        headers: titles of the row-label columns, e.g. ``("Method",)`` or ``("Learner", "Method")``.
+        cells: one row per (dataset, labels, setting): the summary columns plus ``labels`` (a tuple
+            matching ``headers``), ``mean`` and ``best`` (bool).
+        settings: column titles in order, e.g. ``("5-way 1-shot", "5-way 5-shot")``.
+        notes: footnote sentences.
+    """
+
+    name: str
+    title: str
+    headers: tuple[str, ...]
+    cells: pd.DataFrame
+    settings: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(self.cells["dataset"]))
+
+    def row_keys(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(dataset, labels) of each table row, in display order."""
+        return list(dict.fromkeys(zip(self.cells["dataset"], self.cells["labels"], strict=True)))
+
+    def cell(self, dataset: str, labels: tuple[str, ...], setting: str) -> pd.Series | None:
+        same_labels = pd.Series([lab == labels for lab in self.cells["labels"]], index=self.cells.index)
+        match = self.cells[
+            (self.cells["dataset"] == dataset) & same_labels & (self.cells["setting"] == setting)
+        ]
+        return None if match.empty else match.iloc[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------
+
+
+def build_tables(summary: pd.DataFrame) -> list[Table]:
+    """All tables the data supports: ``main``, the ablations and the factor tables.
+
+    Args:
+        summary: the frame of :func:`purer.report.aggregate.summarise`.
+
+    Returns:
+        ``main`` always; ``ablation_curriculum`` when PURER and EI are both present;
+        ``ablation_icfil`` when a method has rows with and without ICFIL; ``learners``,
+        ``teacher_weighting`` and ``scenarios`` when that column has more than one value.
+    """
+    tables = [make_table("main", "Few-shot test accuracy (%)", summary)]
+    plain = summary[~summary["icfil"].astype(bool)]
+    curriculum = plain[plain["method"].isin(["purer", "ei"])]
+    if set(curriculum["method"]) == {"purer", "ei"}:
+        tables.append(make_table("ablation_curriculum", "Ablation: the curriculum (PURER vs EI)", curriculum))
+    else:
+        logger.info("skipping ablation_curriculum: needs both purer and ei results")
+    with_icfil = set(summary.loc[summary["icfil"].astype(bool), "method"]) & set(plain["method"])
+    if with_icfil:
+        rows = summary[summary["method"].isin(sorted(with_icfil))]
+        tables.append(make_table("ablation_icfil", "Ablation: ICFIL at meta-test time", rows))
+    else:
+        logger.info("skipping ablation_icfil: no method has results both with and without ICFIL")
+    for factor, name in (
+        ("learner", "learners"),
+        ("teacher_weighting", "teacher_weighting"),
+        ("scenario", "scenarios"),
+    ):
+        rows = summary[summary[factor].notna()]
+        if rows[factor].nunique() > 1:
+            title = f"Accuracy (%) by {FACTOR_HEADERS[factor].lower()}"
+            tables.append(make_table(name, title, rows, factor))
+        else:
+            logger.info("skipping %s table: one value of %s", name, factor)
+    return tables
+
+
+def make_table(name: str, title: str, rows: pd.DataFrame, factor: str | None = None) -> Table:
+    """A table over ``rows`` (summary rows); ``factor`` adds a leading row-label column.
+
+    Context columns that vary among ``rows`` (other than ``factor``) are appended to the method
+    label, e.g. ``"PURER (best-on-test)"``, so that no two rows collide.
+    """
+    varying = varying_context(rows, exclude=(factor,) if factor else ())
+    cells = rows.copy()
+    cells["labels"] = [_labels(row, factor, varying) for _, row in cells.iterrows()]
+    cells["mean"] = cells["accuracy"]
+    cells["_order"] = [_order(row, factor, varying) for _, row in cells.iterrows()]
+    cells = cells.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    duplicated = cells.duplicated(["dataset", "labels", "setting"], keep=False)
+    if duplicated.any():
+        clash = cells[duplicated].iloc[0]
+        raise DataError(
+            f"table {name}: several results for {' / '.join(clash['labels'])} on {clash['dataset']}, "
+            f"{clash['setting']} (pools {sorted(set(cells.loc[duplicated, 'pool']))})"
+        )
+    cells["best"] = _best(cells)
+    settings = sorted(set(cells["setting"]), key=lambda s: _setting_order(cells, s))
+    headers = ((FACTOR_HEADERS[factor],) if factor else ()) + ("Method",)
+    datasets = list(dict.fromkeys(cells["dataset"]))
+    if len(datasets) == 1:
+        title = f"{title} on {datasets[0]}"
+    return Table(name, title, headers, cells, tuple(settings), tuple(table_notes(cells)))
+
+
+def _labels(row: pd.Series, factor: str | None, varying: list[str]) -> tuple[str, ...]:
+    label = row["variant"]
+    if varying:
+        label += " (" + ", ".join(context_value(c, row[c]) for c in varying) + ")"
+    return ((context_value(factor, row[factor]),) if factor else ()) + (label,)
+
+
+def _order(row: pd.Series, factor: str | None, varying: list[str]) -> tuple:
+    context = tuple(_sortable(row[c]) for c in ([factor] if factor else []) + varying)
+    return (row["dataset"], context, method_rank(row["method"]), bool(row["icfil"]), row["variant"])
+
+
+def _sortable(value: object) -> tuple[int, str, float]:
+    """Sort key for a context value that may be missing, a number or a string."""
+    if value is None or pd.isna(value):
+        return (2, "", 0.0)
+    if isinstance(value, (int, float)):
+        return (0, "", float(value))
+    return (1, str(value), 0.0)
+
+
+def _setting_order(cells: pd.DataFrame, setting: str) -> tuple[int, int]:
+    row = cells[cells["setting"] == setting].iloc[0]
+    return int(row["n_way"]), int(row["n_shot"])
+
+
+def _best(cells: pd.DataFrame) -> pd.Series:
+    """True for the best mean of each (dataset, setting) at the printed precision (ties all True)."""
+    rounded = cells["mean"].round(DECIMALS)
+    best = rounded.groupby([cells["dataset"], cells["setting"]]).transform("max")
+    return rounded == best
+
+
+def table_notes(cells: pd.DataFrame) -> list[str]:
+    """Footnote sentences: ICFIL caveat, selection protocol, episodes, seeds and the ``±``."""
+    notes = []
+    if cells["icfil"].astype(bool).any():
+        notes.append(f"{ICFIL_NOTE}.")
+    selections = [SELECTION_NOTES.get(s, str(s)) for s in dict.fromkeys(cells["selection"])]
+    notes.append("Selection: " + "; ".join(selections) + ".")
+    episodes = sorted({int(e) for e in cells["episodes"].dropna()})
+    if episodes:
+        notes.append("Test episodes per run: " + ", ".join(str(e) for e in episodes) + ".")
+    notes.append(_seed_note(cells["n_seeds"]))
+    notes.append("Best per column in bold.")
+    return notes
+
+
+def _seed_note(n_seeds: pd.Series) -> str:
+    across = f"± is {SEED_CI} across the per-seed accuracies (population σ)"
+    within = "± is the 95% CI over test episodes"
+    low, high = int(n_seeds.min()), int(n_seeds.max())
+    if high == 1:
+        return f"One seed per cell; {within}."
+    if low > 1:
+        count = str(low) if low == high else f"{low}–{high}"
+        return f"Mean over {count} seeds per cell; {across}."
+    return f"Seeds per cell: {low}–{high}; with one seed, {within}; with several, {across}."
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+
+def format_cell(mean: float, ci95: float) -> str:
+    """``"52.13 ± 0.81"`` at :data:`DECIMALS` decimals."""
+    return f"{mean:.{DECIMALS}f} ± {ci95:.{DECIMALS}f}"
+
+
+def _cell_texts(table: Table, dataset: str, labels: tuple[str, ...]) -> list[tuple[str, bool] | None]:
+    """(text, best) per setting of one row, None where the row has no result."""
+    out: list[tuple[str, bool] | None] = []
+    for setting in table.settings:
+        cell = table.cell(dataset, labels, setting)
+        out.append(None if cell is None else (format_cell(cell["mean"], cell["ci95"]), bool(cell["best"])))
+    return out
+
+
+def render_markdown(table: Table) -> str:
+    """A Markdown table with a title line and notes; best cells as ``**…**``."""
+    grouped = len(table.datasets) > 1
+    headers = (["Dataset"] if grouped else []) + list(table.headers) + list(table.settings)
+    align = ["---"] * (len(headers) - len(table.settings)) + ["---:"] * len(table.settings)
+    lines = [f"### {table.title}", "", _md_row(headers), _md_row(align)]
+    for dataset, labels in table.row_keys():
+        texts = [
+            MISSING if t is None else (f"**{t[0]}**" if t[1] else t[0])
+            for t in _cell_texts(table, dataset, labels)
+        ]
+        lines.append(_md_row(([dataset] if grouped else []) + list(labels) + texts))
+    lines += ["", *(f"*Note.* {note}" for note in table.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(items: list[str]) -> str:
+    return "| " + " | ".join(item.replace("|", "\\|") for item in items) + " |"
+
+
+def render_latex(table: Table) -> str:
+    """A booktabs ``tabular`` inside a ``table`` float; caption = title + notes; best in ``\\textbf``."""
+    n_labels = len(table.headers)
+    n_columns = n_labels + len(table.settings)
+    lines = [
+        "% Generated by `purer report`. Requires \\usepackage{booktabs}.",
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{latex_escape(table.title)}. {latex_escape(' '.join(table.notes))}}}",
+        f"\\label{{tab:{table.name}}}",
+        f"\\begin{{tabular}}{{{'l' * n_labels}{'c' * len(table.settings)}}}",
+        "\\toprule",
+        " & ".join(latex_escape(h) for h in (*table.headers, *table.settings)) + " \\\\",
+        "\\midrule",
+    ]
+    grouped = len(table.datasets) > 1
+    previous = None
+    for dataset, labels in table.row_keys():
+        if grouped and dataset != previous:
+            if previous is not None:
+                lines.append("\\midrule")
+            lines.append(f"\\multicolumn{{{n_columns}}}{{l}}{{\\textit{{{latex_escape(dataset)}}}}} \\\\")
+            previous = dataset
+        texts = [_latex_cell(t) for t in _cell_texts(table, dataset, labels)]
+        lines.append(" & ".join([*(latex_escape(x) for x in labels), *texts]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_cell(text: tuple[str, bool] | None) -> str:
+    if text is None:
+        return "--"
+    body = latex_escape(text[0])
+    return f"\\textbf{{{body}}}" if text[1] else body
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "σ": r"$\sigma$",
+    "·": r"$\cdot$",
+    "–": "--",
+    "—": "---",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX special characters and map the few Unicode symbols the tables use."""
+    pieces = str(text).split(SEED_CI)
+    escaped = ["".join(_LATEX_SPECIAL.get(ch, ch) for ch in piece) for piece in pieces]
+    return "$1.96\\,\\sigma/\\sqrt{n}$".join(escaped)
+
+
+def render_csv(table: Table) -> str:
+    """Long-format CSV: one line per cell, numeric ``mean``, ``ci95``, ``n_seeds``."""
+    frame = table.cells.copy()
+    frame["label"] = [labels[-1] for labels in frame["labels"]]
+    frame["mean"] = frame["mean"].astype(float).round(6)
+    frame["ci95"] = frame["ci95"].astype(float).round(6)
+    return frame[CSV_COLUMNS].to_csv(index=False, lineterminator="\n")
+
+
+RENDERERS: dict[str, Callable[[Table], str]] = {"md": render_markdown, "tex": render_latex, "csv": render_csv}
+
+
+def check_formats(formats: tuple[str, ...]) -> None:
+    """Raise ConfigError for a table format without a renderer."""
+    unknown = [f for f in formats if f not in RENDERERS]
+    if unknown:
+        raise ConfigError(f"report.formats: unknown table format {unknown[0]!r} (valid: {sorted(RENDERERS)})")
+
+
+def write_tables(tables: list[Table], out_dir: str | Path, formats: tuple[str, ...]) -> list[Path]:
+    """Atomically write each table as ``<out_dir>/<name>.<format>``; ``main.csv`` is always written
+    (it is the DVC plots file)."""
+    check_formats(formats)
+    out_dir = Path(out_dir)
+    written = []
+    for table in tables:
+        wanted = list(formats) + (["csv"] if table.name == "main" and "csv" not in formats else [])
+        for fmt in wanted:
+            path = out_dir / f"{table.name}.{fmt}"
+            write_text(path, RENDERERS[fmt](table))
+            written.append(path)
+    return written
