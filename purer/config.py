@@ -32,7 +32,7 @@ DatasetSource = Literal["glyphs", "mini-imagenet", "cifar-fs", "folder"]
 class DatasetConfig:
     """One dataset, decoded once by ``purer prepare`` into cached uint8 tensors per split."""
 
-    source: DatasetSource = "glyphs"  # registry key (purer.data.DATASETS)
+    source: DatasetSource = "glyphs"  # registry key (purer.data.registry.DATASETS)
     path: str | None = None  # raw data: archive or folder (glyphs needs none)
     image_size: int = 32  # square side in pixels after resizing
     channels: int | None = None  # 1 or 3; None = the dataset's native channel count
