@@ -1,0 +1,330 @@
+"""The resident teacher pool and the inversion loss of all teachers (algorithm.md §2.3, §2.7, §8.1-8.4).
+
+Every teacher is loaded once, frozen and in eval mode, and stays on the device. Teachers that share
+(architecture, arch_kwargs, num_outputs, image_size, channels, block length) form a *group*: their
+parameters and buffers are stacked with ``torch.func.stack_module_state`` and one
+``vmap(functional_call)`` runs the whole group. The BatchNorm statistics are recorded by
+:func:`purer.models.backbones.record_bn_stats` *inside* the vmapped function, which also computes the
+loss terms, so only per-teacher terms [T] leave the vmap. A short last block (fewer classes) has
+another batch size, hence its own group.
+
+Jitter: one shift per teacher per call (as the reference), drawn for all teachers up front with
+:func:`purer.inversion.losses.draw_shifts` in the order of the ``teachers`` argument. Each teacher's
+slice is rolled before the vmap (one gather of all the group's rows, one roll per teacher, one
+stack). :meth:`ResidentPool.reference_inversion_loss` is the plain per-teacher loop over the
+resident modules with the *same* shifts, so both are equal up to float rounding.
+
+Teacher weighting (algorithm.md §2.7): ``equal`` sums the teachers' totals; ``triangular``
+reproduces the reference code, teacher at position j of K (in the ``teachers`` order) weighs K − j.
+``teachers`` (a subset, PURER-Plus ``teachers_per_step``) is drawn by the caller.
+
+The stacked tensors are the storage: after stacking, each resident module's parameters and buffers
+are re-pointed to views of them, so the pool is held in memory once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from purer.config import InversionConfig
+from purer.errors import ConfigError
+from purer.inversion.dataset import PseudoData
+from purer.inversion.losses import TERM_NAMES, draw_shifts, inversion_terms, roll
+from purer.models.backbones import record_bn_stats
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+Terms = dict[str, torch.Tensor]
+
+
+@dataclass
+class _Group:
+    """Teachers run by one vmap.
+
+    Attributes:
+        members: positions in the pool.
+        base: the shared module structure (on the 'meta' device; weights come from the stack).
+        params, buffers: stacked [T, ...] (the modules' storage).
+        forward_params, forward_buffers: what the vmap uses: ``params``/``buffers``, or for bf16
+            copies with every floating tensor in bf16 (autocast does not reach inside ``vmap``,
+            and batch norm under ``vmap`` needs one dtype, so the whole forward is cast).
+        slot: pool position -> index in the stack.
+    """
+
+    members: list[int]
+    base: nn.Module
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    forward_params: dict[str, torch.Tensor]
+    forward_buffers: dict[str, torch.Tensor]
+    slot: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """Per-data index tables: each teacher's domain, rows [B] and relative targets [B]."""
+
+    domains: list[Any]
+    rows: list[torch.Tensor]
+    targets: list[torch.Tensor]
+
+
+def group_key(entry: Any) -> tuple:
+    """Teachers with equal keys share a vmap (same module structure and batch size)."""
+    kwargs = tuple(sorted((str(k), repr(v)) for k, v in dict(entry.arch_kwargs).items()))
+    return (entry.architecture, kwargs, int(entry.num_outputs), int(entry.image_size), int(entry.channels), len(entry.classes))
+
+
+def teacher_weights(n: int, weighting: str) -> list[float]:
+    """Weights of the teachers at positions 0..n−1: all 1 (``equal``) or n − j (``triangular``)."""
+    if weighting == "equal":
+        return [1.0] * n
+    if weighting == "triangular":
+        return [float(n - j) for j in range(n)]
+    raise ConfigError(f"meta_train.inversion.teacher_weighting: unknown {weighting!r} (valid: ['equal', 'triangular'])")
+
+
+class ResidentPool:
+    """All teachers of a pool, resident on ``device``, and their inversion loss.
+
+    Args:
+        manifest: a :class:`purer.models.pool.Manifest`; loaded with
+            :func:`purer.models.pool.load_pool` unless ``loaded`` is given.
+        device: where the teachers live.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast around teacher forwards; terms in fp32).
+        channels_last: convert teacher inputs (and conv weights) to channels-last memory format.
+        loaded: already loaded ``(entry, module)`` pairs (frozen, eval mode), instead of loading.
+
+    Attributes:
+        teachers: the teacher entries, in pool order.
+        modules: the frozen teacher modules, in pool order.
+    """
+
+    def __init__(
+        self,
+        manifest: Any = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        loaded: Sequence[tuple[Any, nn.Module]] | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision: unknown {precision!r} (valid: {list(PRECISIONS)})")
+        if loaded is None:
+            from purer.models.pool import load_pool
+
+            loaded = load_pool(manifest, device)
+        if not loaded:
+            raise ConfigError("the teacher pool is empty")
+        self.device = torch.device(device)
+        self.precision = precision
+        self.channels_last = channels_last
+        self.teachers = [entry for entry, _ in loaded]
+        self.modules = [module.to(self.device).eval().requires_grad_(False) for _, module in loaded]
+        self.groups = self._build_groups()
+        self._tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        logger.info("resident pool: %d teachers in %d vmapped groups", self.n_teachers, len(self.groups))
+
+    @property
+    def n_teachers(self) -> int:
+        return len(self.teachers)
+
+    # ---------------------------------------------------------------- set-up
+
+    def _build_groups(self) -> list[_Group]:
+        members: dict[tuple, list[int]] = {}
+        for position, entry in enumerate(self.teachers):
+            members.setdefault(group_key(entry), []).append(position)
+        return [self._stack(positions) for positions in members.values()]
+
+    def _stack(self, positions: list[int]) -> _Group:
+        """Stack a group's weights; re-point the modules to views of the stack (held once)."""
+        modules = [self.modules[p] for p in positions]
+        params, buffers = stack_module_state(modules)
+        if self.channels_last:
+            params = {k: _channels_last_stack(v) for k, v in params.items()}
+            buffers = {k: _channels_last_stack(v) for k, v in buffers.items()}
+        base = copy.deepcopy(modules[0]).to("meta")
+        for t, module in enumerate(modules):
+            _share_storage(module, params, buffers, t)
+        forward = (params, buffers)
+        if self.precision == "bf16":
+            forward = tuple({k: _to_bf16(v) for k, v in d.items()} for d in forward)
+        return _Group(positions, base, params, buffers, *forward, {p: t for t, p in enumerate(positions)})
+
+    def tables(self, data: PseudoData) -> _Tables:
+        """Index tables of ``data`` for every teacher (built once per data object)."""
+        tables = self._tables.get(data)
+        if tables is None:
+            domains, rows, targets = [], [], []
+            for entry in self.teachers:
+                domain = data.domain_of(entry.classes)
+                domains.append(domain)
+                rows.append(domain.rows(entry.classes))
+                spc = domain.images_per_class
+                targets.append(torch.arange(len(entry.classes), device=domain.device).repeat_interleave(spc))
+            tables = _Tables(domains, rows, targets)
+            self._tables[data] = tables
+        return tables
+
+    # ---------------------------------------------------------------- shared pieces
+
+    def _order(self, teachers: Sequence[int] | None) -> list[int]:
+        order = list(range(self.n_teachers)) if teachers is None else [int(t) for t in teachers]
+        if not order or len(set(order)) != len(order) or not all(0 <= t < self.n_teachers for t in order):
+            raise ConfigError(f"teachers: expected distinct positions in 0..{self.n_teachers - 1}, got {list(order)}")
+        return order
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def _jittered(self, tables: _Tables, positions: list[int], shifts: list[tuple[int, int]]) -> torch.Tensor:
+        """The teachers' slices, each rolled by its own shift, stacked: [T, B, C, H, W]."""
+        images = tables.domains[positions[0]].images
+        rows = torch.stack([tables.rows[p] for p in positions])
+        batch = images[rows.reshape(-1)].view(len(positions), rows.shape[1], *images.shape[1:])
+        return torch.stack([self._format(roll(batch[t], shift)) for t, shift in enumerate(shifts)])
+
+    # ---------------------------------------------------------------- the loss
+
+    def inversion_loss(
+        self,
+        data: PseudoData,
+        generator: torch.Generator,
+        config: InversionConfig,
+        teachers: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, Terms]:
+        """Σ_j w_j · L_inv,j over the teachers, vmapped per group (algorithm.md §2.3, §2.7).
+
+        Args:
+            data: the dynamic dataset (gradients flow to its images only).
+            generator: draws one jitter shift per teacher.
+            config: loss weights, ``jitter`` and ``teacher_weighting``.
+            teachers: pool positions to use, in weighting order (None = all, pool order).
+
+        Returns:
+            The total (0-d, differentiable w.r.t. the images) and detached 0-d logging terms:
+            ``ce``, ``tv``, ``bn``, ``l2`` averaged over the teachers, ``total`` = the total.
+        """
+        order = self._order(teachers)
+        shifts = draw_shifts(len(order), config.jitter, generator)
+        weights = teacher_weights(len(order), config.teacher_weighting)
+        tables = self.tables(data)
+        sums = dict.fromkeys(TERM_NAMES, 0.0)
+        total = 0.0
+        for group in self.groups:
+            picked = [j for j, p in enumerate(order) if p in group.slot]
+            if not picked:
+                continue
+            terms = self._group_terms(group, tables, [order[j] for j in picked], [shifts[j] for j in picked], config)
+            w = torch.tensor([weights[j] for j in picked], device=terms["total"].device)
+            total = total + (w * terms["total"]).sum()
+            sums = {k: sums[k] + terms[k].detach().sum() for k in TERM_NAMES}
+        return total, _log_terms(sums, total, len(order))
+
+    def _group_terms(
+        self,
+        group: _Group,
+        tables: _Tables,
+        positions: list[int],
+        shifts: list[tuple[int, int]],
+        config: InversionConfig,
+    ) -> Terms:
+        """Per-teacher terms [T] of ``positions`` (all in ``group``) from one vmap."""
+        x = self._jittered(tables, positions, shifts)
+        targets = torch.stack([tables.targets[p] for p in positions])
+        params, buffers = group.forward_params, group.forward_buffers
+        if positions != group.members:  # a subset, or another order: gather the stacked weights
+            index = torch.tensor([group.slot[p] for p in positions], device=self.device)
+            params = {k: v.index_select(0, index) for k, v in params.items()}
+            buffers = {k: v.index_select(0, index) for k, v in buffers.items()}
+        dtype = torch.bfloat16 if self.precision == "bf16" else None
+        fn = partial(_teacher_terms, group.base, config, dtype)
+        return vmap(fn)(params, buffers, x, targets)
+
+    def reference_inversion_loss(
+        self,
+        data: PseudoData,
+        generator: torch.Generator,
+        config: InversionConfig,
+        teachers: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, Terms]:
+        """The same loss as :meth:`inversion_loss` from a plain per-teacher loop (the oracle).
+
+        Draws the same shifts from ``generator`` and uses the resident modules directly.
+        """
+        order = self._order(teachers)
+        shifts = draw_shifts(len(order), config.jitter, generator)
+        weights = teacher_weights(len(order), config.teacher_weighting)
+        tables = self.tables(data)
+        sums = dict.fromkeys(TERM_NAMES, 0.0)
+        total = 0.0
+        for j, position in enumerate(order):
+            x = self._format(roll(tables.domains[position].images[tables.rows[position]], shifts[j]))
+            with record_bn_stats() as stats, self._autocast():
+                logits = self.modules[position](x)
+            terms = inversion_terms(logits, tables.targets[position], x, stats, config)
+            total = total + weights[j] * terms["total"]
+            sums = {k: sums[k] + terms[k].detach() for k in TERM_NAMES}
+        return total, _log_terms(sums, total, len(order))
+
+
+def _teacher_terms(
+    base: nn.Module,
+    config: InversionConfig,
+    dtype: torch.dtype | None,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+) -> Terms:
+    """One teacher's terms (runs inside vmap): forward with recorded BN statistics, then the loss.
+
+    ``dtype`` (bf16) casts the input of the forward; the terms use the fp32 ``x``.
+    """
+    with record_bn_stats() as stats:
+        logits = functional_call(base, (params, buffers), (x if dtype is None else x.to(dtype),))
+    return inversion_terms(logits, targets, x, stats, config)
+
+
+def _to_bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16) if t.is_floating_point() else t
+
+
+def _log_terms(sums: dict[str, Any], total: torch.Tensor, n: int) -> Terms:
+    terms = {k: torch.as_tensor(v).detach() / n for k, v in sums.items()}
+    terms["total"] = total.detach()
+    return terms
+
+
+def _channels_last_stack(t: torch.Tensor) -> torch.Tensor:
+    """A stacked conv weight [T, O, I, kh, kw] whose per-teacher slices are channels-last."""
+    if t.dim() != 5:
+        return t
+    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+def _share_storage(module: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], t: int) -> None:
+    """Point ``module``'s parameters and buffers at slice ``t`` of the stacked tensors."""
+    for name, param in module.named_parameters():
+        param.data = params[name][t]
+    for name, _ in module.named_buffers():
+        owner, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(owner) if owner else module, attr, buffers[name][t])

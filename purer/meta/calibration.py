@@ -1,0 +1,331 @@
+"""ICFIL: inversion calibration following the inner loop (algorithm.md §3.3).
+
+**This is a reconstruction.** The authors released no ICFIL code (algorithm.md §3.1); the paper
+gives only a figure and captions (§3.2). Every design choice and default here is a proposal from
+algorithm.md §3.3, not the paper's. Results with ICFIL are always reported next to results without.
+
+Per test episode, after the ordinary inner loop produced the adapted state (φ', W'):
+
+1. **Episode inversion** (:func:`invert_adapted_model`): M pseudo images per class, initialised
+   from N(0, 1) in normalised space, optimised with Adam through the *adapted* model (parameters
+   frozen, gradients w.r.t. the images only) on CE + tv·TV + l2·L2 of the jittered images
+   (algorithm.md §2.3). ``bn_mode="support"`` adds matching of each BatchNorm input's batch
+   statistics to those of the real support set under φ' (an ablation; the default has no BN term
+   because the meta model keeps no running statistics).
+2. **Feature calibration** (:func:`calibrate_features`): SGD on the feature extractor only (every
+   parameter not named ``head.*``) with a supervised contrastive (InfoNCE, SupCon-style) loss on
+   L2-normalised features: anchors are real support features, positives the pseudo features of the
+   anchor's class, negatives the pseudo and real features of other classes (optionally
+   symmetrised with pseudo anchors). The pseudo images are fixed; gradients reach φ through both
+   the real and the pseudo branch. Real and pseudo images are forwarded as separate batches (each
+   normalised with its own batch statistics, like the support set in the inner loop).
+3. **Head calibration** (:func:`calibrate_head`): SGD on ``head.*`` only with CE on the real
+   support plus the pseudo support, pooled, through the calibrated (fixed) features.
+4. The calibrated state predicts the query set.
+
+ProtoNet models (an :class:`AdaptedState` with prototypes) are supported: inversion uses the
+prototype classifier (negative squared distances) instead of the unused linear head, and step 3
+recomputes the prototypes from the calibrated features of the real support set (no head steps).
+
+Every random draw (image initialisation, jitter) uses the ``generator`` passed in; the meta-test
+derives it from ``(config.seed, "icfil", dataset, episode index)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from purer.config import IcfilConfig
+from purer.inversion.losses import bn_matching, l2_prior, roll_jitter, total_variation
+from purer.meta.learners import AdaptedState, Episode, Params, class_prototypes, features, prototype_logits
+from purer.models.backbones import BNStats, record_bn_stats
+
+logger = logging.getLogger(__name__)
+
+HEAD_PREFIX = "head."
+DEFAULT_BN_WEIGHT = 0.01  # the §2.3 BN weight, used by bn_mode="support"
+
+
+# --------------------------------------------------------------------------------------------
+# The contrastive loss (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def supervised_contrastive_loss(
+    anchor_feats: torch.Tensor,
+    bank_feats: torch.Tensor,
+    positive_mask: torch.Tensor,
+    negative_mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """SupCon / InfoNCE over explicit positive and negative sets (algorithm.md §3.3 step 3).
+
+    For anchor i with positives P(i) and negatives N(i) (bank entries in neither set are ignored):
+    ``s_ij = cos(a_i, b_j) / temperature`` and
+    ``loss_i = -1/|P(i)| Σ_{p∈P(i)} [s_ip − log Σ_{j∈P(i)∪N(i)} exp(s_ij)]``; the loss is the
+    mean over anchors. Every anchor must have at least one positive.
+
+    Args:
+        anchor_feats: [A, D] (normalised inside).
+        bank_feats: [B, D] (normalised inside).
+        positive_mask: bool [A, B].
+        negative_mask: bool [A, B], disjoint from ``positive_mask``.
+        temperature: τ > 0.
+
+    Returns:
+        0-d tensor.
+    """
+    similarity = F.normalize(anchor_feats, dim=1) @ F.normalize(bank_feats, dim=1).T / temperature  # [A, B]
+    considered = positive_mask | negative_mask
+    log_denominator = torch.logsumexp(similarity.masked_fill(~considered, float("-inf")), dim=1, keepdim=True)
+    log_prob = similarity - log_denominator  # [A, B]
+    positives = positive_mask.to(similarity.dtype)
+    per_anchor = (log_prob * positives).sum(dim=1) / positives.sum(dim=1)
+    return -per_anchor.mean()
+
+
+def contrastive_masks(
+    anchor_y: torch.Tensor, anchor_is_pseudo: torch.Tensor, bank_y: torch.Tensor, bank_is_pseudo: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ICFIL's positive and negative sets.
+
+    A positive has the anchor's class and the *other* kind (real anchor → pseudo positives, pseudo
+    anchor → real positives); a negative has another class, of either kind. Same-class entries of
+    the anchor's own kind (including the anchor itself) are neither.
+
+    Args:
+        anchor_y: [A] int64; anchor_is_pseudo: bool [A]; bank_y: [B] int64; bank_is_pseudo: bool [B].
+
+    Returns:
+        (positive_mask, negative_mask), bool [A, B].
+    """
+    same_class = anchor_y.unsqueeze(1) == bank_y.unsqueeze(0)
+    other_kind = anchor_is_pseudo.unsqueeze(1) != bank_is_pseudo.unsqueeze(0)
+    return same_class & other_kind, ~same_class
+
+
+def calibration_loss(
+    real_feats: torch.Tensor,
+    real_y: torch.Tensor,
+    pseudo_feats: torch.Tensor,
+    pseudo_y: torch.Tensor,
+    temperature: float,
+    symmetric: bool = False,
+) -> torch.Tensor:
+    """The feature-calibration loss: real anchors (and pseudo anchors if ``symmetric``).
+
+    Args:
+        real_feats: [R, D] real support features; real_y: [R].
+        pseudo_feats: [P, D] pseudo support features; pseudo_y: [P].
+        symmetric: also anchor on every pseudo feature (mean over all R + P anchors).
+
+    Returns:
+        0-d tensor.
+    """
+    bank = torch.cat([pseudo_feats, real_feats])
+    bank_y = torch.cat([pseudo_y, real_y])
+    bank_is_pseudo = torch.cat(
+        [torch.ones_like(pseudo_y, dtype=torch.bool), torch.zeros_like(real_y, dtype=torch.bool)]
+    )
+    if symmetric:
+        anchors, anchor_y, anchor_is_pseudo = bank, bank_y, bank_is_pseudo
+    else:
+        anchors, anchor_y, anchor_is_pseudo = real_feats, real_y, torch.zeros_like(real_y, dtype=torch.bool)
+    positive, negative = contrastive_masks(anchor_y, anchor_is_pseudo, bank_y, bank_is_pseudo)
+    return supervised_contrastive_loss(anchors, bank, positive, negative, temperature)
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: episode inversion of the adapted model
+# --------------------------------------------------------------------------------------------
+
+
+def classifier_logits(model: nn.Module, state: AdaptedState, x: torch.Tensor) -> torch.Tensor:
+    """The adapted classifier: the linear head, or ProtoNet's prototypes. [B, n_way]."""
+    if state.prototypes is not None:
+        return prototype_logits(features(model, state.params, x), state.prototypes)
+    return functional_call(model, state.params, (x,))
+
+
+def support_bn_targets(model: nn.Module, params: Params, support_x: torch.Tensor) -> list[BNStats]:
+    """Per-layer batch mean/var of the real support set under φ', as matching targets (detached)."""
+    with torch.no_grad(), record_bn_stats() as stats:
+        features(model, params, support_x)
+    return list(stats)
+
+
+def support_bn_loss(stats: list[BNStats], targets: list[BNStats]) -> torch.Tensor:
+    """Σ_l ||var_l − var_l^S||₂ + ||mean_l − mean_l^S||₂ against the support statistics (§2.3 form)."""
+    paired = [BNStats(s.mean, s.var, t.mean, t.var) for s, t in zip(stats, targets, strict=True)]
+    return bn_matching(paired)
+
+
+def invert_adapted_model(
+    model: nn.Module,
+    state: AdaptedState,
+    support_x: torch.Tensor,
+    n_way: int,
+    config: IcfilConfig,
+    generator: torch.Generator,
+    bn_weight: float = DEFAULT_BN_WEIGHT,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthesise a pseudo support set from the adapted model (algorithm.md §3.3 step 2).
+
+    Args:
+        support_x: the real support images [S, C, H, W] (shape, device, BN targets).
+        n_way: classes of the episode.
+        generator: draws the N(0, 1) initialisation and the jitter.
+        bn_weight: weight of the support BN-statistic term (``bn_mode="support"`` only).
+
+    Returns:
+        pseudo images [n_way * M, C, H, W] (detached) and labels [n_way * M] (class-major).
+    """
+    device = support_x.device
+    labels = torch.arange(n_way, device=device).repeat_interleave(config.pseudo_per_class)
+    shape = (labels.numel(), *support_x.shape[1:])
+    init = torch.randn(shape, generator=generator, device=generator.device)
+    images = init.to(device=device, dtype=support_x.dtype).requires_grad_(True)
+    frozen = AdaptedState({n: p.detach() for n, p in state.params.items()}, state.prototypes)
+    targets = support_bn_targets(model, frozen.params, support_x) if config.bn_mode == "support" else None
+    optimizer = torch.optim.Adam([images], lr=config.inversion_lr)
+    with torch.enable_grad():
+        for _ in range(config.inversion_steps):
+            jittered = roll_jitter(images, config.jitter, generator)
+            recorder = record_bn_stats() if targets is not None else contextlib.nullcontext([])
+            with recorder as stats:
+                out = classifier_logits(model, frozen, jittered)
+            loss = (
+                F.cross_entropy(out, labels)
+                + config.tv_weight * total_variation(jittered)
+                + config.l2_weight * l2_prior(jittered)
+            )
+            if targets is not None:
+                loss = loss + bn_weight * support_bn_loss(stats, targets)
+            (images.grad,) = torch.autograd.grad(loss, [images])
+            optimizer.step()
+    return images.detach(), labels
+
+
+# --------------------------------------------------------------------------------------------
+# Steps 3-4: feature and head calibration
+# --------------------------------------------------------------------------------------------
+
+
+def feature_names(params: Params) -> list[str]:
+    """Parameters of the feature extractor φ (everything not named ``head.*``)."""
+    return [name for name in params if not name.startswith(HEAD_PREFIX)]
+
+
+def calibrate_features(
+    model: nn.Module,
+    params: Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    pseudo_x: torch.Tensor,
+    pseudo_y: torch.Tensor,
+    config: IcfilConfig,
+) -> Params:
+    """``feature_steps`` SGD steps (lr ``feature_lr``) on φ with :func:`calibration_loss`.
+
+    Args:
+        params: the adapted parameters (φ', W'); only φ changes.
+        support_x: [S, C, H, W], support_y: [S]; pseudo_x: [P, C, H, W] (fixed), pseudo_y: [P].
+
+    Returns:
+        A new parameter dict (detached) with calibrated φ and the same W.
+    """
+    names = feature_names(params)
+    params = {name: p.detach() for name, p in params.items()}
+    pseudo_x = pseudo_x.detach()
+    with torch.enable_grad():
+        for _ in range(config.feature_steps):
+            fast = {name: params[name].requires_grad_(True) for name in names}
+            current = params | fast
+            loss = calibration_loss(
+                features(model, current, support_x), support_y,
+                features(model, current, pseudo_x), pseudo_y,
+                config.temperature, config.symmetric,
+            )
+            grads = torch.autograd.grad(loss, [fast[name] for name in names])
+            params = params | {n: (fast[n] - config.feature_lr * g).detach() for n, g in zip(names, grads, strict=True)}
+    return params
+
+
+def calibrate_head(
+    model: nn.Module,
+    params: Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    pseudo_x: torch.Tensor,
+    pseudo_y: torch.Tensor,
+    config: IcfilConfig,
+) -> Params:
+    """``head_steps`` SGD steps (lr ``head_lr``) on ``head.*`` with CE on real + pseudo support.
+
+    The features are computed once under the calibrated φ (real and pseudo as separate batches)
+    and kept fixed.
+
+    Returns:
+        A new parameter dict (detached) with calibrated W and the same φ.
+    """
+    params = {name: p.detach() for name, p in params.items()}
+    if config.head_steps == 0:
+        return params
+    with torch.no_grad():
+        feats = torch.cat([features(model, params, support_x), features(model, params, pseudo_x.detach())])
+    labels = torch.cat([support_y, pseudo_y])
+    head_names = [name for name in params if name.startswith(HEAD_PREFIX)]
+    with torch.enable_grad():
+        for _ in range(config.head_steps):
+            head = {name: params[name].requires_grad_(True) for name in head_names}
+            local = {name[len(HEAD_PREFIX):]: p for name, p in head.items()}
+            loss = F.cross_entropy(functional_call(model.head, local, (feats,)), labels)
+            grads = torch.autograd.grad(loss, list(head.values()))
+            params = params | {n: (head[n] - config.head_lr * g).detach() for n, g in zip(head_names, grads, strict=True)}
+    return params
+
+
+# --------------------------------------------------------------------------------------------
+# ICFIL
+# --------------------------------------------------------------------------------------------
+
+
+def icfil_calibrate(
+    model: nn.Module,
+    state: AdaptedState,
+    episode: Episode,
+    config: IcfilConfig,
+    n_way: int,
+    generator: torch.Generator,
+    bn_weight: float = DEFAULT_BN_WEIGHT,
+) -> AdaptedState:
+    """Calibrate an adapted model on one test episode (algorithm.md §3.3; a reconstruction).
+
+    Args:
+        model: the meta model (batch-statistics BN).
+        state: the inner loop's result (φ', W'), or ProtoNet's (θ, prototypes).
+        episode: the real support set (the query is not used).
+        config: ICFIL settings.
+        n_way: classes of the episode.
+        generator: the episode's ICFIL generator (initialisation and jitter).
+        bn_weight: weight of the support BN-statistic term when ``config.bn_mode == "support"``.
+
+    Returns:
+        The calibrated state (detached); for ProtoNet, prototypes recomputed from the calibrated
+        features of the real support set.
+    """
+    support_x, support_y = episode.support_x, episode.support_y
+    pseudo_x, pseudo_y = invert_adapted_model(model, state, support_x, n_way, config, generator, bn_weight)
+    params = calibrate_features(model, state.params, support_x, support_y, pseudo_x, pseudo_y, config)
+    if state.prototypes is not None:
+        with torch.no_grad():
+            prototypes = class_prototypes(features(model, params, support_x), support_y)
+        return AdaptedState(params, prototypes)
+    params = calibrate_head(model, params, support_x, support_y, pseudo_x, pseudo_y, config)
+    return AdaptedState(params)

@@ -1,0 +1,393 @@
+"""ECI meta-training and the training-time baselines (algorithm.md §2.8, §6).
+
+Methods: ``purer`` (ECI: the dynamic dataset inverted from the pool plus the gradient switch),
+``ei`` (the same inversion, the switch never fires), ``random`` (no meta-training: the seeded
+random initialisation is the meta model) and ``average`` (no meta-training: the FedAvg of the
+teachers, one architecture only).
+
+One meta-iteration (algorithm.md §2.8):
+
+1. **data step**: the inversion loss of the pool (``teachers_per_step`` teachers if set), plus the
+   reversed outer loss of a fresh non-detached pseudo episode when the switch is on; one Adam step
+   on the images, with gradients taken with respect to the images only. A non-finite data loss
+   stops the run or skips the step (``inversion.on_nonfinite``);
+2. **meta step**: ``meta_batch_size`` episodes from the detached dynamic dataset; the outer losses
+   are summed, with one backward per episode so only one episode's graph is alive at a time; one
+   Adam step on the meta parameters;
+3. **switch**: fed the meta-batch's mean training query accuracy (percent).
+
+Randomness comes from separate generators: ``data_init`` (initial images, CPU), ``episodes`` and
+``adv_episodes`` (training and reversed-step episodes, on the device), ``jitter`` and ``teachers``
+(CPU: they yield Python ints). Tensors stay on the device; an iteration synchronises twice: once
+to decide whether the data step is finite, once to write its curve line.
+
+Validation uses fixed episodes of the first pool dataset's ``val`` split (seeded with the
+experiment seed, so every method and seed is selected on the same tasks) and the meta-test
+adaptation (``meta_test.inner_steps`` first-order steps); the best-on-val model is ``meta_model.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from purer import paths
+from purer.cli.common import write_run_info
+from purer.config import ExperimentConfig, MetaTrainConfig
+from purer.data.cache import SplitData, load_split
+from purer.data.episodes import EpisodeSet, fixed_episodes
+from purer.errors import ConfigError, PurerError
+from purer.inversion.batched import ResidentPool
+from purer.inversion.curriculum import GradientSwitch, reversed_outer_loss
+from purer.inversion.dataset import PseudoData
+from purer.io import append_jsonl, save_torch
+from purer.meta import checkpoint as ckpt
+from purer.meta.evaluate import evaluate
+from purer.meta.init import MetaModelSpec, initial_meta_model, meta_model_spec
+from purer.meta.learners import GradientLearner, ProtoNet, build_learner, episode_loss, meta_parameters
+from purer.models.pool import Manifest, load_manifest, load_pool
+from purer.models.pretrain import resolve_device
+from purer.seeding import make_generator
+from purer.tracking import progress
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("purer", "ei", "random", "average")
+TRAINED = ("purer", "ei")
+GENERATORS = {"episodes": "device", "adv_episodes": "device", "jitter": "cpu", "teachers": "cpu"}
+CURVE_TERMS = {"loss_inv_total": "total", "loss_ce": "ce", "loss_tv": "tv", "loss_bn": "bn", "loss_l2": "l2",
+               "loss_adv": "adv"}
+INIT_HINT = "; set meta_train.init: random to start purer/ei from a random initialisation"
+
+
+@dataclass
+class Run:
+    """What is fixed for one run. ``info`` holds the ``meta_model.pt`` entries mean, std, method,
+    n_shot, seed and learner."""
+
+    config: ExperimentConfig
+    method: str
+    n_shot: int
+    seed: int
+    out_dir: Path
+    device: torch.device
+    manifest: Manifest
+    spec: MetaModelSpec
+    val_split: SplitData
+    val_episodes: EpisodeSet
+    fingerprint: dict[str, Any]
+    info: dict[str, Any]
+
+    @property
+    def mt(self) -> MetaTrainConfig:
+        return self.config.meta_train
+
+
+@dataclass
+class State:
+    """Everything that changes during meta-training (what ``checkpoint.pt`` holds)."""
+
+    meta_model: nn.Module
+    params: dict[str, torch.Tensor]
+    learner: GradientLearner | ProtoNet
+    optimizer: torch.optim.Optimizer | None = None
+    pool: ResidentPool | None = None
+    data: PseudoData | None = None
+    switch: GradientSwitch | None = None
+    generators: dict[str, torch.Generator] = field(default_factory=dict)
+    iteration: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"accuracy": None, "ci95": None, "iteration": None})
+    curve_lines: int = 0
+    val_lines: int = 0
+    switch_events: int = 0
+    val_seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+def meta_train(
+    config: ExperimentConfig,
+    method: str,
+    n_shot: int,
+    seed: int,
+    out_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Meta-train (or, for the baselines, initialise and validate) one run.
+
+    Args:
+        config: the experiment (``meta_train``; ``meta_test`` for the validation adaptation).
+        method: ``purer``, ``ei``, ``random`` or ``average``.
+        n_shot: support images per class of the training and validation episodes.
+        seed: the run seed (generators and the meta-model initialisation).
+        out_dir: default :func:`purer.paths.run_dir`.
+        device: default ``config.device``.
+
+    Returns:
+        The ``summary.json`` dict. A finished run with the same fingerprint is not redone; a run
+        with a matching ``checkpoint.pt`` continues from it.
+    """
+    run = prepare_run(config, method, n_shot, seed, out_dir, device)
+    done = ckpt.finished_summary(run.out_dir, run.fingerprint)
+    if done is not None:
+        logger.info("%s is already complete; nothing to do", run.out_dir)
+        return done
+    return train(run) if method in TRAINED else baseline(run)
+
+
+def prepare_run(
+    config: ExperimentConfig,
+    method: str,
+    n_shot: int,
+    seed: int,
+    out_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> Run:
+    """Check the arguments; load the manifest (cut to ``pool.max_teachers``) and the fixed
+    validation episodes; fix the meta model's shape. Arguments as :func:`meta_train`."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r} (valid: {list(METHODS)})")
+    if n_shot < 1:
+        raise ConfigError(f"n_shot: expected at least 1, got {n_shot}")
+    mt, first = config.meta_train, config.pool.datasets[0]
+    manifest = load_manifest(paths.manifest_path(config))
+    if config.pool.max_teachers is not None:
+        manifest = dataclasses.replace(manifest, teachers=manifest.teachers[: config.pool.max_teachers])
+    split = load_split(paths.dataset_cache(config, first, "val"))
+    episodes = fixed_episodes(split, mt.n_way, n_shot, mt.n_query, mt.val_episodes, seed=config.seed, name=f"{first}/val")
+    spec = meta_model_spec(config, manifest.teachers, split.channels)
+    if spec.channels != split.channels:
+        raise ConfigError(f"meta_train.channels: {spec.channels}, but the {first} val split has {split.channels} channels")
+    learner = {"algorithm": mt.learner.algorithm, "inner_lr": mt.learner.inner_lr, "first_order": mt.learner.first_order}
+    info = {"mean": split.mean, "std": split.std, "method": method, "n_shot": n_shot, "seed": seed, "learner": learner}
+    out = Path(out_dir) if out_dir is not None else paths.run_dir(config, method, n_shot, seed)
+    fingerprint = ckpt.fingerprint(config, method, n_shot, seed, list(manifest.teachers))
+    return Run(config, method, n_shot, seed, out, resolve_device(str(device or config.device)), manifest, spec,
+               *episode_subset(split, episodes), fingerprint, info)
+
+
+def episode_subset(split: SplitData, episodes: EpisodeSet) -> tuple[SplitData, EpisodeSet]:
+    """Only the images ``episodes`` use, indices remapped (validation normalises just these)."""
+    used = torch.unique(episodes.indices)
+    subset = dataclasses.replace(split, images=split.images[used], labels=split.labels[used])
+    return subset, dataclasses.replace(episodes, indices=torch.searchsorted(used, episodes.indices))
+
+
+def _learner(run: Run) -> GradientLearner | ProtoNet:
+    lc = run.mt.learner
+    return build_learner(lc.algorithm, lc.inner_lr, lc.first_order)
+
+
+def _head(run: Run) -> dict[str, Any]:
+    init = run.mt.init if run.method in TRAINED else run.method
+    return {"method": run.method, "n_way": run.spec.n_way, "n_shot": run.n_shot, "seed": run.seed,
+            "n_teachers": len(run.manifest.teachers), "init": init, "learner": run.info["learner"]}
+
+
+def baseline(run: Run) -> dict[str, Any]:
+    """``random`` / ``average``: the initialisation is the meta model, validated once (iteration 0)."""
+    loaded = load_pool(run.manifest, run.device) if run.method == "average" else None
+    model = initial_meta_model(run.spec, run.method, loaded, run.seed, run.device)
+    state = State(model, meta_parameters(model), _learner(run))
+    write_run_info(run.out_dir, run.config, method=run.method, n_shot=run.n_shot, seed=run.seed)
+    ckpt.clear_run(run.out_dir)
+    validate(run, state)
+    save_model(run, state, run.out_dir / "last.pt")
+    return ckpt.write_summary(run.out_dir, _head(run), state, run.fingerprint)
+
+
+# --------------------------------------------------------------------------------------------
+# ECI / EI training
+# --------------------------------------------------------------------------------------------
+
+
+def build_state(run: Run) -> State:
+    """Resident pool, meta model (``meta_train.init``), dynamic dataset, switch, generators."""
+    mt, device = run.mt, run.device
+    loaded = load_pool(run.manifest, device)
+    pool = ResidentPool(device=device, precision=run.config.precision, channels_last=run.config.channels_last,
+                        loaded=loaded)
+    model = initial_meta_model(run.spec, mt.init, loaded, run.seed, device, hint=INIT_HINT)
+    model.requires_grad_(False)  # the trained parameters are ``params`` (functional calls)
+    params = meta_parameters(model)
+    teachers = run.manifest.teachers
+    data = PseudoData.from_config(teachers, mt.inversion, run.n_shot, mt.n_query, make_generator(run.seed, "data_init"),
+                                  device)
+    generators = {name: make_generator(run.seed, name, device=device if where == "device" else "cpu")
+                  for name, where in GENERATORS.items()}
+    return State(model, params, _learner(run), torch.optim.Adam(params.values(), lr=mt.outer_lr), pool, data,
+                 GradientSwitch.from_config(mt.curriculum, mt.iterations, enabled=run.method == "purer"), generators)
+
+
+def train(run: Run) -> dict[str, Any]:
+    """Meta-train ``purer``/``ei`` from scratch or from a matching ``checkpoint.pt``."""
+    state = build_state(run)
+    write_run_info(run.out_dir, run.config, method=run.method, n_shot=run.n_shot, seed=run.seed)
+    saved = ckpt.load_checkpoint(run.out_dir / "checkpoint.pt", run.fingerprint)
+    if saved is None:
+        ckpt.clear_run(run.out_dir)
+    else:
+        ckpt.restore(state, saved, run.out_dir)
+        logger.info("resuming %s from meta-iteration %d", run.out_dir, state.iteration)
+    iterations = run.mt.iterations
+    snapshots = ckpt.grid_iterations(iterations, run.mt.grid_snapshots)
+    with progress(total=iterations, desc=f"{run.method} {run.spec.n_way}w{run.n_shot}s") as bar:
+        bar.update(state.iteration)
+        for iteration in range(state.iteration + 1, iterations + 1):
+            record = train_iteration(run, state, iteration)
+            append_jsonl(run.out_dir / "curve.jsonl", record)
+            state.curve_lines += 1
+            state.switch_events += int(record["switch"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss_outer']:.3f}", acc=f"{record['train_accuracy']:.1f}",
+                            switch=state.switch_events)
+            after_iteration(run, state, iteration, snapshots)
+    if state.best["iteration"] is None:  # zero iterations: validate the initialisation
+        validate(run, state)
+    save_model(run, state, run.out_dir / "last.pt")
+    return ckpt.write_summary(run.out_dir, _head(run), state, run.fingerprint)
+
+
+def after_iteration(run: Run, state: State, iteration: int, snapshots: set[int]) -> None:
+    """Grids, validation and the checkpoint, each when due (the checkpoint last)."""
+    last = iteration == run.mt.iterations
+    if iteration in snapshots:
+        ckpt.write_grids(state.data, run.out_dir / "grids", iteration)
+    if iteration % run.mt.val_interval == 0 or last:
+        validate(run, state)
+    if iteration % run.mt.checkpoint_interval == 0 or last:
+        ckpt.save_checkpoint(run.out_dir / "checkpoint.pt", ckpt.checkpoint_state(state), run.fingerprint)
+
+
+def train_iteration(run: Run, state: State, iteration: int) -> dict[str, Any]:
+    """One meta-iteration (data step, meta step, switch feedback); returns its curve record.
+
+    ``loss_outer`` is the meta-batch's mean outer loss, ``train_accuracy`` its mean query accuracy
+    (percent), ``loss_ce``/``loss_tv``/``loss_bn``/``loss_l2`` the teachers' mean unweighted terms,
+    ``loss_inv_total`` the weighted inversion loss summed over teachers and ``loss_adv`` the
+    reversed term added to the data loss (``null`` without a reversed step, as are the terms of a
+    skipped step).
+    """
+    start = time.perf_counter()
+    state.iteration = iteration
+    terms, switched = data_step(run, state, iteration)
+    loss_outer, accuracy = meta_step(run, state)
+    values = torch.stack([loss_outer, accuracy] + [terms[k] for k in CURVE_TERMS.values()]).tolist()  # the sync
+    state.switch.observe(iteration, values[1])
+    record = {"iteration": iteration, "seconds": time.perf_counter() - start, "loss_outer": values[0],
+              "train_accuracy": values[1], "switch": switched}
+    for name, value in zip(CURVE_TERMS, values[2:], strict=True):
+        record[name] = value if math.isfinite(value) else None
+    return record
+
+
+def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.Tensor], bool]:
+    """One Adam step on the images (algorithm.md §2.6).
+
+    Returns:
+        The detached logging terms (``adv`` is NaN without a reversed step) and whether the
+        reversed outer loss was part of the step.
+    """
+    mt = run.mt
+    loss, terms = state.pool.inversion_loss(state.data, state.generators["jitter"], mt.inversion,
+                                            teacher_subset(run, state))
+    adv = torch.full((), float("nan"), device=run.device)
+    reversed_on = state.switch.is_on
+    if reversed_on:
+        episode = state.data.sample_episode(mt.n_way, run.n_shot, mt.n_query, state.generators["adv_episodes"],
+                                            detach=False, size=run.spec.input_size, channels=run.spec.channels)
+        adv = reversed_outer_loss(state.learner, state.meta_model, state.params, episode, mt.learner.inner_steps,
+                                  mt.curriculum.adv_scale)
+        loss = loss + adv
+    images = state.data.parameters()
+    grads = torch.autograd.grad(loss, images, allow_unused=True)  # the images only (algorithm.md §8.5)
+    terms = dict(terms) | {"adv": adv.detach()}
+    if not all_finite(loss, grads):  # the step's one synchronisation
+        handle_nonfinite(run, iteration, terms, reversed_on)
+        # a skipped step leaves the switch on: the reversed step is retried at the next iteration
+        return terms | {"adv": torch.full_like(terms["adv"], float("nan"))}, False
+    for image, grad in zip(images, grads, strict=True):
+        image.grad = grad
+    state.data.optimizer.step()
+    state.data.optimizer.zero_grad(set_to_none=True)
+    state.switch.consume()
+    return terms, reversed_on
+
+
+def teacher_subset(run: Run, state: State) -> list[int] | None:
+    """``teachers_per_step`` pool positions drawn without replacement (ascending), or None (all)."""
+    k, n = run.mt.inversion.teachers_per_step, len(run.manifest.teachers)
+    if k is None or k >= n:
+        return None
+    return sorted(torch.randperm(n, generator=state.generators["teachers"])[:k].tolist())
+
+
+def all_finite(loss: torch.Tensor, grads: tuple[torch.Tensor | None, ...]) -> bool:
+    """Whether the loss and every image gradient are finite (one synchronisation)."""
+    checks = [torch.isfinite(loss).all()] + [torch.isfinite(g).all() for g in grads if g is not None]
+    return bool(torch.stack(checks).all())
+
+
+def handle_nonfinite(run: Run, iteration: int, terms: dict[str, torch.Tensor], reversed_on: bool) -> None:
+    """Raise a PurerError naming the iteration and the term (``stop``), or log a warning (``skip``)."""
+    names = ("ce", "tv", "bn", "l2") + (("adv",) if reversed_on else ())
+    bad = [name for name in names if not bool(torch.isfinite(terms[name]))] or ["the image gradient"]
+    what = f"the data loss is not finite at meta-iteration {iteration} (term {', '.join(bad)})"
+    if run.mt.inversion.on_nonfinite == "stop":
+        raise PurerError(f"meta-training {run.out_dir}: {what}; "
+                         "set meta_train.inversion.on_nonfinite: skip to skip such steps")
+    logger.warning("%s: skipping this data step", what)
+
+
+def meta_step(run: Run, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+    """``meta_batch_size`` episodes, summed outer losses, one Adam step (algorithm.md §2.5).
+
+    Returns:
+        The mean outer loss and the mean query accuracy (percent) of the meta-batch, 0-d tensors.
+    """
+    mt = run.mt
+    state.optimizer.zero_grad(set_to_none=True)
+    losses, accuracies = [], []
+    for _ in range(mt.meta_batch_size):
+        episode = state.data.sample_episode(mt.n_way, run.n_shot, mt.n_query, state.generators["episodes"],
+                                            detach=True, size=run.spec.input_size, channels=run.spec.channels)
+        loss, accuracy = episode_loss(state.learner, state.meta_model, state.params, episode,
+                                      mt.learner.inner_steps, create_graph=True)
+        loss.backward()  # accumulates into .grad: the gradient of the summed outer losses
+        losses.append(loss.detach())
+        accuracies.append(accuracy)
+    state.optimizer.step()
+    return torch.stack(losses).mean(), torch.stack(accuracies).mean() * 100.0
+
+
+def validate(run: Run, state: State) -> dict[str, Any]:
+    """Score the current parameters on the fixed val episodes; a new best becomes ``meta_model.pt``."""
+    start = time.perf_counter()
+    lc, mtest = run.mt.learner, run.config.meta_test
+    inner_lr = lc.inner_lr if mtest.inner_lr is None else mtest.inner_lr
+    learner = build_learner(lc.algorithm, inner_lr, True)
+    result = evaluate(state.meta_model, state.params, learner, run.val_split, run.val_episodes, mtest.inner_steps,
+                      run.device, input_size=run.spec.input_size)
+    record = {"iteration": state.iteration, "accuracy": result["accuracy"], "ci95": result["ci95"]}
+    append_jsonl(run.out_dir / "val.jsonl", record)
+    state.val_lines += 1
+    if state.best["accuracy"] is None or record["accuracy"] > state.best["accuracy"]:
+        state.best = {"accuracy": record["accuracy"], "ci95": record["ci95"], "iteration": state.iteration}
+        save_model(run, state, run.out_dir / "meta_model.pt")
+    state.val_seconds += time.perf_counter() - start
+    logger.info("iteration %d: val accuracy %.2f ± %.2f %%", state.iteration, record["accuracy"], record["ci95"])
+    return record
+
+
+def save_model(run: Run, state: State, path: Path) -> None:
+    """Write the current parameters as a ``meta_model.pt``-style payload (with their val accuracy)."""
+    validated = [r for r in ckpt.read_jsonl(run.out_dir / "val.jsonl") if r["iteration"] == state.iteration]
+    accuracy = validated[-1]["accuracy"] if validated else None
+    save_torch(path, ckpt.meta_model_payload(run.spec, state.params, run.info, state.iteration, accuracy))
