@@ -174,6 +174,7 @@ class MetaTrainConfig:
     val_episodes: int = 100  # fixed validation episodes
     checkpoint_interval: int = 500  # meta-iterations between resumable checkpoints
     grid_snapshots: int = 3  # PNG grids of synthesized images written during training
+    snapshots: bool = False  # also keep snapshots/iterNNNNN.pt at each validation (best-on-test parity)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
@@ -201,6 +202,7 @@ class IcfilConfig:
     l2_weight: float = 1e-5
     jitter: int = 2
     bn_mode: Literal["none", "support"] = "none"  # match real-support BN statistics (ablation)
+    bn_weight: float = 0.01  # weight of that BN term (bn_mode: support only)
     feature_steps: int = 10  # SGD steps on the feature extractor (contrastive)
     feature_lr: float = 0.01
     temperature: float = 0.1

@@ -47,3 +47,14 @@ def shared_data() -> Path:
     if folder is None:
         pytest.skip("shared data folder (../shared/data) not available")
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread: the tiny tensors in tests gain nothing from more, and pytest runs beside other work."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

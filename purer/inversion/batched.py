@@ -153,9 +153,6 @@ class ResidentPool:
         """Stack a group's weights; re-point the modules to views of the stack (held once)."""
         modules = [self.modules[p] for p in positions]
         params, buffers = stack_module_state(modules)
-        if self.channels_last:
-            params = {k: _channels_last_stack(v) for k, v in params.items()}
-            buffers = {k: _channels_last_stack(v) for k, v in buffers.items()}
         base = copy.deepcopy(modules[0]).to("meta")
         for t, module in enumerate(modules):
             _share_storage(module, params, buffers, t)
@@ -200,7 +197,7 @@ class ResidentPool:
         images = tables.domains[positions[0]].images
         rows = torch.stack([tables.rows[p] for p in positions])
         batch = images[rows.reshape(-1)].view(len(positions), rows.shape[1], *images.shape[1:])
-        return torch.stack([self._format(roll(batch[t], shift)) for t, shift in enumerate(shifts)])
+        return torch.stack([roll(batch[t], shift) for t, shift in enumerate(shifts)])
 
     # ---------------------------------------------------------------- the loss
 

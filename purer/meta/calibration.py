@@ -49,7 +49,6 @@ from purer.models.backbones import BNStats, record_bn_stats
 logger = logging.getLogger(__name__)
 
 HEAD_PREFIX = "head."
-DEFAULT_BN_WEIGHT = 0.01  # the §2.3 BN weight, used by bn_mode="support"
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +172,6 @@ def invert_adapted_model(
     n_way: int,
     config: IcfilConfig,
     generator: torch.Generator,
-    bn_weight: float = DEFAULT_BN_WEIGHT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthesise a pseudo support set from the adapted model (algorithm.md §3.3 step 2).
 
@@ -181,7 +179,6 @@ def invert_adapted_model(
         support_x: the real support images [S, C, H, W] (shape, device, BN targets).
         n_way: classes of the episode.
         generator: draws the N(0, 1) initialisation and the jitter.
-        bn_weight: weight of the support BN-statistic term (``bn_mode="support"`` only).
 
     Returns:
         pseudo images [n_way * M, C, H, W] (detached) and labels [n_way * M] (class-major).
@@ -206,7 +203,7 @@ def invert_adapted_model(
                 + config.l2_weight * l2_prior(jittered)
             )
             if targets is not None:
-                loss = loss + bn_weight * support_bn_loss(stats, targets)
+                loss = loss + config.bn_weight * support_bn_loss(stats, targets)
             (images.grad,) = torch.autograd.grad(loss, [images])
             optimizer.step()
     return images.detach(), labels
@@ -303,7 +300,6 @@ def icfil_calibrate(
     config: IcfilConfig,
     n_way: int,
     generator: torch.Generator,
-    bn_weight: float = DEFAULT_BN_WEIGHT,
 ) -> AdaptedState:
     """Calibrate an adapted model on one test episode (algorithm.md §3.3; a reconstruction).
 
@@ -314,14 +310,13 @@ def icfil_calibrate(
         config: ICFIL settings.
         n_way: classes of the episode.
         generator: the episode's ICFIL generator (initialisation and jitter).
-        bn_weight: weight of the support BN-statistic term when ``config.bn_mode == "support"``.
 
     Returns:
         The calibrated state (detached); for ProtoNet, prototypes recomputed from the calibrated
         features of the real support set.
     """
     support_x, support_y = episode.support_x, episode.support_y
-    pseudo_x, pseudo_y = invert_adapted_model(model, state, support_x, n_way, config, generator, bn_weight)
+    pseudo_x, pseudo_y = invert_adapted_model(model, state, support_x, n_way, config, generator)
     params = calibrate_features(model, state.params, support_x, support_y, pseudo_x, pseudo_y, config)
     if state.prototypes is not None:
         with torch.no_grad():

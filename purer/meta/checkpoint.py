@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "purer-meta-train/1"
 RUN_OUTPUTS = ("meta_model.pt", "last.pt", "checkpoint.pt", "summary.json", "curve.jsonl", "val.jsonl")
 # settings that never change the numbers (a resumed run may change them)
-NEUTRAL_KEYS = ("checkpoint_interval", "grid_snapshots")
+NEUTRAL_KEYS = ("checkpoint_interval", "grid_snapshots", "snapshots")
 CODE_MODULES = (
     "purer.meta.train", "purer.meta.checkpoint", "purer.meta.init", "purer.meta.learners", "purer.meta.evaluate",
     "purer.inversion.curriculum", "purer.inversion.dataset", "purer.inversion.batched", "purer.inversion.losses",

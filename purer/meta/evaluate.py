@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from purer import paths
-from purer.cli.common import write_run_info
+from purer.runinfo import write_run_info
 from purer.config import ExperimentConfig
 from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes, materialise
@@ -105,6 +105,9 @@ def load_meta_model(path: str | Path, device: torch.device | str = "cpu") -> tup
     missing = [key for key in META_MODEL_KEYS if not isinstance(raw, dict) or key not in raw]
     if missing:
         raise CheckpointError(f"meta model {path} lacks the entries {missing} (expected a `purer meta-train` output)")
+    learner = raw["learner"]
+    if not isinstance(learner, dict) or not {"algorithm", "inner_lr"} <= set(learner):
+        raise CheckpointError(f"meta model {path}: `learner` must be a dict with algorithm and inner_lr, got {learner!r}")
     arch, kwargs = raw["architecture"], dict(raw["arch_kwargs"] or {})
     try:
         model = build_backbone(
@@ -157,11 +160,12 @@ def adapt_first_order(
 ) -> AdaptedState:
     """Test-time adaptation on the support set: first-order, no graph kept (algorithm.md §8 item 7).
 
-    Gradients are enabled only for a gradient learner with ``inner_steps > 0``; the returned
-    state is detached.
+    Gradients are enabled only for a gradient learner with ``inner_steps > 0``, and only the
+    parameters it adapts require them (ANIL: the head); the returned state is detached.
     """
     needs_grad = isinstance(learner, GradientLearner) and inner_steps > 0
-    fast = {name: p.detach().requires_grad_(needs_grad) for name, p in params.items()}
+    adapted = set(learner.adapted_names(params)) if needs_grad else set()
+    fast = {name: p.detach().requires_grad_(name in adapted) for name, p in params.items()}
     with torch.set_grad_enabled(needs_grad):
         state = learner.adapt(model, fast, episode.support_x, episode.support_y, inner_steps, False)
     prototypes = None if state.prototypes is None else state.prototypes.detach()

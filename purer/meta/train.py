@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from purer import paths
-from purer.cli.common import write_run_info
+from purer.runinfo import write_run_info
 from purer.config import ExperimentConfig, MetaTrainConfig
 from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes
@@ -378,6 +378,8 @@ def validate(run: Run, state: State) -> dict[str, Any]:
     record = {"iteration": state.iteration, "accuracy": result["accuracy"], "ci95": result["ci95"]}
     append_jsonl(run.out_dir / "val.jsonl", record)
     state.val_lines += 1
+    if run.mt.snapshots:  # every validated model, for the best-on-test parity protocol
+        save_model(run, state, run.out_dir / "snapshots" / f"iter{state.iteration:05d}.pt")
     if state.best["accuracy"] is None or record["accuracy"] > state.best["accuracy"]:
         state.best = {"accuracy": record["accuracy"], "ci95": record["ci95"], "iteration": state.iteration}
         save_model(run, state, run.out_dir / "meta_model.pt")
