@@ -124,7 +124,7 @@ class InversionConfig:
     first_bn_multiplier: float = 1.0  # weight of the first BN layer's term (DeepInversion uses 10)
     jitter: int = 2  # max cyclic roll in pixels
     teacher_weighting: Literal["equal", "triangular"] = "equal"  # triangular = reference-code parity
-    batched: bool = True  # vmap same-architecture teachers (False = per-teacher reference loop)
+    teacher_batching: Literal["auto", "vmap", "loop"] = "auto"  # auto = vmap on GPU, per-teacher loop on CPU
     teachers_per_step: int | None = None  # subsample teachers per data step (PURER-Plus candidate_size)
     on_nonfinite: Literal["stop", "skip"] = "stop"  # NaN/Inf in the data step: stop, or skip the step
 

@@ -18,6 +18,9 @@ Teacher weighting (algorithm.md §2.7): ``equal`` sums the teachers' totals; ``t
 reproduces the reference code, teacher at position j of K (in the ``teachers`` order) weighs K − j.
 ``teachers`` (a subset, PURER-Plus ``teachers_per_step``) is drawn by the caller.
 
+Precision and memory format: see :class:`ResidentPool` (bf16 is an explicit cast under ``vmap``,
+autocast in the loop; channels-last applies to the loop only).
+
 The stacked tensors are the storage: after stacking, each resident module's parameters and buffers
 are re-pointed to views of them, so the pool is held in memory once.
 """
@@ -103,8 +106,14 @@ class ResidentPool:
         manifest: a :class:`purer.models.pool.Manifest`; loaded with
             :func:`purer.models.pool.load_pool` unless ``loaded`` is given.
         device: where the teachers live.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast around teacher forwards; terms in fp32).
-        channels_last: convert teacher inputs (and conv weights) to channels-last memory format.
+        precision: ``"fp32"`` or ``"bf16"``. With bf16 the loop runs the teacher forwards under
+            autocast; the vmapped groups (autocast does not reach inside ``vmap``) run with bf16
+            copies of every floating weight and buffer, so their BN term matches bf16-rounded
+            running statistics. The loss terms are computed in fp32 either way.
+        channels_last: run the per-teacher loop in channels-last memory format (inputs and conv
+            weights, which then stop sharing the stacked storage). Vmapped groups stay contiguous:
+            batch norm under ``vmap`` supports no other format (on CUDA: "NYI: querying
+            is_contiguous inside of vmap").
         loaded: already loaded ``(entry, module)`` pairs (frozen, eval mode), instead of loading.
 
     Attributes:
@@ -134,6 +143,9 @@ class ResidentPool:
         self.teachers = [entry for entry, _ in loaded]
         self.modules = [module.to(self.device).eval().requires_grad_(False) for _, module in loaded]
         self.groups = self._build_groups()
+        if channels_last:
+            for module in self.modules:
+                module.to(memory_format=torch.channels_last)
         self._tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         logger.info("resident pool: %d teachers in %d vmapped groups", self.n_teachers, len(self.groups))
 
@@ -309,13 +321,6 @@ def _log_terms(sums: dict[str, Any], total: torch.Tensor, n: int) -> Terms:
     terms = {k: torch.as_tensor(v).detach() / n for k, v in sums.items()}
     terms["total"] = total.detach()
     return terms
-
-
-def _channels_last_stack(t: torch.Tensor) -> torch.Tensor:
-    """A stacked conv weight [T, O, I, kh, kw] whose per-teacher slices are channels-last."""
-    if t.dim() != 5:
-        return t
-    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
 def _share_storage(module: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], t: int) -> None:

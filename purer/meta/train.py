@@ -288,6 +288,13 @@ def train_iteration(run: Run, state: State, iteration: int) -> dict[str, Any]:
     return record
 
 
+def inversion_loss_fn(run: Run, state: State):
+    """The vmapped pool loss or the per-teacher loop (same maths): vmap wins on GPU, the loop on CPU."""
+    mode = run.mt.inversion.teacher_batching
+    use_vmap = mode == "vmap" or (mode == "auto" and torch.device(run.device).type == "cuda")
+    return state.pool.inversion_loss if use_vmap else state.pool.reference_inversion_loss
+
+
 def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.Tensor], bool]:
     """One Adam step on the images (algorithm.md §2.6).
 
@@ -296,8 +303,8 @@ def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.T
         reversed outer loss was part of the step.
     """
     mt = run.mt
-    loss, terms = state.pool.inversion_loss(state.data, state.generators["jitter"], mt.inversion,
-                                            teacher_subset(run, state))
+    loss, terms = inversion_loss_fn(run, state)(state.data, state.generators["jitter"], mt.inversion,
+                                                teacher_subset(run, state))
     adv = torch.full((), float("nan"), device=run.device)
     reversed_on = state.switch.is_on
     if reversed_on:
