@@ -244,18 +244,22 @@ def test_changed_config_does_not_resume(pool, tmp_path, monkeypatch):
 
 
 def _nan_at(monkeypatch, iteration: int) -> None:
-    original = ResidentPool.inversion_loss
+    """Make the pool's loss (vmapped or loop, whichever the trainer picks) NaN at one call."""
     calls = {"n": 0}
 
-    def maybe_nan(self, *args, **kwargs):
-        total, terms = original(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == iteration:
-            total = total * float("nan")
-            terms = dict(terms) | {"bn": terms["bn"] * float("nan"), "total": terms["total"] * float("nan")}
-        return total, terms
+    def poisoned(original):
+        def maybe_nan(self, *args, **kwargs):
+            total, terms = original(self, *args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == iteration:
+                total = total * float("nan")
+                terms = dict(terms) | {"bn": terms["bn"] * float("nan"), "total": terms["total"] * float("nan")}
+            return total, terms
 
-    monkeypatch.setattr(ResidentPool, "inversion_loss", maybe_nan)
+        return maybe_nan
+
+    for name in ("inversion_loss", "reference_inversion_loss"):
+        monkeypatch.setattr(ResidentPool, name, poisoned(getattr(ResidentPool, name)))
 
 
 def test_nonfinite_data_loss_stops_with_the_iteration(pool, tmp_path, monkeypatch):
@@ -312,3 +316,21 @@ def test_grid_iterations_are_spread_and_include_the_end():
     assert grid_iterations(60000, 3) == {20000, 40000, 60000}
     assert grid_iterations(2, 5) == {1, 2}
     assert grid_iterations(0, 3) == set()
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("vmap", "inversion_loss"), ("loop", "reference_inversion_loss"),
+                                              ("auto", "reference_inversion_loss")])
+def test_teacher_batching_picks_the_inversion_path(pool, tmp_path, monkeypatch, mode, expected):
+    """vmap and loop are the same maths (tests/test_batched_pool.py); here: the setting is honoured (CPU)."""
+    calls = []
+    for name in ("inversion_loss", "reference_inversion_loss"):
+        original = getattr(ResidentPool, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(ResidentPool, name, counted)
+    config = _config(pool, "meta_train.iterations=2", f"meta_train.inversion.teacher_batching={mode}")
+    meta_train(config, "purer", 1, 0, tmp_path / mode)
+    assert calls == [expected, expected]
