@@ -1,0 +1,34 @@
+# Convenience targets; every one installs the pinned venv first (once) and uses it.
+#   make run      the whole pipeline on config/config.yaml (Snakemake)
+#   make test     the test suite (pytest)
+#   make install  only the venv: python3 -m venv .venv + pip install -c constraints.txt -e ".[pipeline,dev]"
+#   make dry-run  the jobs the pipeline would run; make lint: snakemake --lint
+# CONFIG=config/experiments/bench.yaml make run   runs another config file.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.purer-installed
+CONFIG ?= config/config.yaml
+# the venv's `purer` must be on PATH for the pipeline's jobs
+RUN := env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1
+
+.PHONY: install run dry-run lint test
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -c constraints.txt -e ".[pipeline,dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(RUN) $(VENV)/bin/snakemake --cores all --configfile $(CONFIG)
+
+dry-run: $(STAMP)
+	$(RUN) $(VENV)/bin/snakemake --cores all --configfile $(CONFIG) -n
+
+lint: $(STAMP)
+	$(RUN) $(VENV)/bin/snakemake --lint
+
+test: $(STAMP)
+	$(RUN) $(VENV)/bin/pytest

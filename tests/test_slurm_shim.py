@@ -1,0 +1,53 @@
+"""The SLURM profile end to end against a fake SLURM (tests/slurm_shim): real sbatch command lines."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from workflow_support import REPO, micro_config, output_of, snakemake, tool_env, write_yaml
+
+from purer import paths
+from purer.config import load_config
+
+SHIM = REPO / "tests" / "slurm_shim"
+
+
+def _sbatch_calls(state) -> list[list[str]]:
+    calls = [json.loads(line) for line in (state / "calls.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [call["argv"] for call in calls if call["cmd"] == "sbatch"]
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+@pytest.mark.slow
+def test_profile_submits_gpu_jobs_with_gpus(tmp_path):
+    """prepare + one teacher through the slurm executor: the teacher's sbatch asks for one GPU."""
+    config_file = write_yaml(tmp_path / "micro.yaml", micro_config())
+    workdir, state = tmp_path / "wd", tmp_path / "slurm"
+    teacher = paths.teacher_path(load_config(config_file), 0)
+    env = tool_env(FAKE_SLURM_STATE=str(state))
+    env["PATH"] = f"{SHIM}{os.pathsep}{env['PATH']}"
+    result = snakemake(
+        "--profile", str(REPO / "profiles" / "slurm"), "--cores", "all",
+        "--configfile", str(config_file), "--directory", str(workdir),
+        "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5",
+        str(teacher), env=env, timeout=600,
+    )
+    assert result.returncode == 0, output_of(result)[-5000:]
+    assert (workdir / teacher).is_file()
+
+    calls = {_flag(argv, "--comment"): argv for argv in _sbatch_calls(state)}
+    assert len(calls) == 2, list(calls)
+    (prepare,) = [argv for comment, argv in calls.items() if comment.startswith("rule_prepare_glyphs")]
+    (train,) = [argv for comment, argv in calls.items() if comment.startswith("rule_pool_train")]
+    assert "--gpus=1" in train and "--cpus-per-gpu=4" in train
+    assert _flag(train, "-p") == "gpu" and _flag(train, "-A") == "my_account"
+    assert not any(arg.startswith("--gpus") for arg in prepare)
+    assert _flag(prepare, "-p") == "cpu" and "--cpus-per-task=1" in prepare

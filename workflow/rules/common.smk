@@ -1,0 +1,228 @@
+"""Shared definitions: the config file, the resolved config, output paths and code inputs.
+
+Every path is built by ``purer.paths`` from the same ``purer.config.load_config`` result that the
+``purer`` command lines load, so the DAG and the steps cannot disagree about where files live.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+try:
+    from purer import paths
+    from purer.config import load_config, to_dict
+    from purer.errors import PurerError
+    from purer.models.pool import n_teachers
+except ImportError as exc:
+    if exc.name == "purer":
+        raise WorkflowError(
+            "the purer package is not importable; install it first: "
+            'python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e ".[pipeline,dev]"'
+        ) from None
+    raise WorkflowError(f"the purer package is incomplete: {exc}") from None
+
+REPO = Path(workflow.basedir)
+PKG = REPO / "purer"
+DEFAULT_CONFIGFILE = "config/config.yaml"
+
+
+def _config_file():
+    """The one YAML file the run uses: ``--configfile FILE`` if given, else config/config.yaml.
+
+    Snakemake merges ``--config KEY=VALUE`` and several ``--configfile``s into its own ``config``
+    dict, but every step reads exactly one file through ``purer --config FILE``. Such overrides
+    would be silently lost, so they are refused.
+    """
+    if workflow.config_settings.config:
+        raise WorkflowError(
+            "snakemake --config KEY=VALUE is not supported: every step reads one YAML file. "
+            "Edit the YAML (or a copy passed with --configfile), or run "
+            "`dvc exp run -S config/config.yaml:SECTION.KEY=VALUE`."
+        )
+    given = [Path(p) for p in workflow.overwrite_configfiles]
+    if len(given) > 1:
+        raise WorkflowError(
+            f"give exactly one --configfile (got {len(given)}: {', '.join(map(str, given))}); "
+            "put all values into one YAML file"
+        )
+    if not given:
+        return DEFAULT_CONFIGFILE
+    try:
+        return str(given[0].relative_to(Path.cwd()))
+    except ValueError:
+        return str(given[0])
+
+
+def _read_yaml(path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise WorkflowError(f"cannot read the config file {path}: {exc}") from None
+
+
+CONFIGFILE = _config_file()
+# The schema checks the orchestration keys (names, paths, grid); purer.config checks the rest.
+validate(_read_yaml(CONFIGFILE), str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+try:
+    CFG = load_config(CONFIGFILE)
+    N_TEACHERS = n_teachers(CFG)
+except PurerError as exc:
+    raise WorkflowError(str(exc)) from None
+
+EXP = CFG.experiment
+LOGS = f"logs/{EXP}"
+
+wildcard_constraints:
+    teacher=r"\d\d+",
+    method=r"[A-Za-z0-9_.-]+",
+    n_shot=r"\d+",
+    seed=r"\d+",
+    dataset=r"[A-Za-z0-9_.+-]+",
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def rule_safe(name):
+    """A dataset name as part of a rule name (letters, digits, underscores)."""
+    return re.sub(r"\W", "_", name)
+
+
+def settings(*values):
+    """A canonical JSON string of config sections, used as a rule ``params`` entry.
+
+    Snakemake reruns a job when its params change, so each rule lists the sections it depends
+    on; editing an unrelated section leaves its outputs alone.
+    """
+    return json.dumps([to_dict(v) for v in values], sort_keys=True)
+
+
+def code(*modules):
+    """Absolute paths of package modules a rule runs (a change to one reruns the rule)."""
+    return [str(PKG / m) for m in modules]
+
+
+# Package modules each step runs, beyond the shared infrastructure (config, io, paths, seeding, runinfo,
+# tracking, errors, cli/common, cli/main). tests/test_workflow.py checks these lists against the
+# import graph of each step's CLI module.
+SOURCE_MODULES = {
+    "glyphs": ["data/glyphs.py"],
+    "mini-imagenet": ["data/mini_imagenet.py", "data/images.py"],
+    "cifar-fs": ["data/cifar_fs.py", "data/images.py", "data/splits/train.txt", "data/splits/val.txt", "data/splits/test.txt"],
+    "folder": ["data/folder.py", "data/images.py"],
+}
+
+CODE = {
+    "prepare": code("cli/prepare.py", "data/registry.py", "data/cache.py"),
+    "pool": code("cli/pool.py", "models/pool.py", "models/pretrain.py", "models/backbones.py", "data/cache.py"),
+    "meta_train": code(
+        "cli/meta_train.py",
+        "meta/train.py",
+        "meta/checkpoint.py",
+        "meta/init.py",
+        "meta/learners.py",
+        "meta/evaluate.py",
+        "meta/calibration.py",
+        "inversion/losses.py",
+        "inversion/dataset.py",
+        "inversion/batched.py",
+        "inversion/curriculum.py",
+        "models/pool.py",
+        "models/pretrain.py",
+        "models/backbones.py",
+        "data/episodes.py",
+        "data/cache.py",
+    ),
+    "meta_test": code(
+        "cli/meta_test.py",
+        "meta/evaluate.py",
+        "meta/calibration.py",
+        "meta/learners.py",
+        "inversion/losses.py",
+        "models/backbones.py",
+        "data/episodes.py",
+        "data/cache.py",
+    ),
+    "report": code("cli/report.py", "report/aggregate.py", "report/tables.py", "report/figures.py"),
+}
+
+
+def prepare_inputs(dataset):
+    """Code of the dataset's source, and its raw data when present (a missing one is reported by
+    ``purer prepare`` with instructions, rather than by Snakemake)."""
+    inputs = CODE["prepare"] + code(*SOURCE_MODULES.get(dataset.source, []))
+    if dataset.path is not None and Path(dataset.path).exists():
+        inputs.append(dataset.path)
+    return inputs
+
+
+# --------------------------------------------------------------------------------------------
+# Paths (all from purer.paths; wildcard patterns are checked against the concrete functions)
+# --------------------------------------------------------------------------------------------
+
+
+def cache(name, split):
+    """The cached split of dataset ``name`` (a name under ``datasets`` in the config)."""
+    if name not in CFG.datasets:
+        raise WorkflowError(f"dataset {name!r} is not defined under `datasets` in {CONFIGFILE} (defined: {sorted(CFG.datasets)})")
+    return str(paths.dataset_cache(CFG, name, split))
+
+
+POOL_DIR = paths.pool_dir(CFG)
+MANIFEST = str(paths.manifest_path(CFG))
+TEACHER = str(POOL_DIR / "teacher_{teacher}.pt")
+TEACHER_HISTORY = str(POOL_DIR / "teacher_{teacher}.json")
+TEACHERS = [str(paths.teacher_path(CFG, i)) for i in range(N_TEACHERS)]
+
+RUN = str(paths.run_dir(CFG, "{method}", "{n_shot}", "{seed}"))
+META_MODEL = f"{RUN}/meta_model.pt"
+RUN_SUMMARY = f"{RUN}/summary.json"
+TEST_PLAIN = str(paths.test_dir(RUN, "{dataset}", False) / "metrics.json")
+TEST_ICFIL = str(paths.test_dir(RUN, "{dataset}", True) / "metrics.json")
+
+REPORT_DIR = paths.report_dir(CFG)
+REPORT_SUMMARY = str(REPORT_DIR / "summary.json")
+# main.csv is always written (the DVC plots file); the other formats follow report.formats.
+REPORT_TABLES = [str(REPORT_DIR / "tables" / f"main.{fmt}") for fmt in dict.fromkeys([*CFG.report.formats, "csv"])]
+REPORT_FIGURES = [str(REPORT_DIR / "figures" / f"accuracy.{fmt}") for fmt in CFG.report.figure_formats]
+REPORT_OUTPUTS = [REPORT_SUMMARY, *REPORT_TABLES, *REPORT_FIGURES]
+
+if Path(TEACHER.format(teacher="07")) != paths.teacher_path(CFG, 7):
+    raise WorkflowError(f"teacher path pattern {TEACHER} does not match purer.paths.teacher_path")
+
+POOL_TRAIN_SPLITS = [cache(name, "train") for name in CFG.pool.datasets]
+VAL_SPLITS = [cache(name, "val") for name in CFG.pool.datasets]  # validation episodes (first pool dataset)
+
+
+# --------------------------------------------------------------------------------------------
+# The run grid
+# --------------------------------------------------------------------------------------------
+
+
+def grid_runs():
+    """(method, n_shot, seed) of every meta-training run in ``grid``."""
+    g = CFG.grid
+    return [(m, k, s) for m in g.methods for k in g.shots for s in g.seeds]
+
+
+def grid_tests():
+    """Every meta-test ``metrics.json``: plain ones, and ICFIL ones for ``grid.icfil_methods``."""
+    files = []
+    for method, n_shot, seed in grid_runs():
+        wildcards = dict(method=method, n_shot=n_shot, seed=seed)
+        for dataset in CFG.test_datasets:
+            if False in CFG.grid.icfil:
+                files.append(TEST_PLAIN.format(dataset=dataset, **wildcards))
+            if True in CFG.grid.icfil and method in CFG.grid.icfil_methods:
+                files.append(TEST_ICFIL.format(dataset=dataset, **wildcards))
+    return files
+
+
+def grid_run_summaries():
+    return [RUN_SUMMARY.format(method=m, n_shot=k, seed=s) for m, k, s in grid_runs()]

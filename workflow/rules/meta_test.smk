@@ -1,0 +1,48 @@
+"""meta_test: evaluate each trained run on fixed episodes of each test dataset, with and without ICFIL."""
+
+# plain evaluations do not depend on the ICFIL settings
+PLAIN_TEST_SETTINGS = {k: v for k, v in to_dict(CFG.meta_test).items() if k != "icfil"}
+
+
+rule meta_test:
+    input:
+        code=CODE["meta_test"],
+        model=META_MODEL,
+        data=lambda wildcards: cache(wildcards.dataset, "test"),
+    output:
+        TEST_PLAIN,
+    params:
+        config=CONFIGFILE,
+        settings=settings(PLAIN_TEST_SETTINGS, CFG.meta_train.learner, CFG.seed),
+    log:
+        f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_plain.log",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        "../envs/purer.yaml"
+    shell:
+        "purer meta-test --config {params.config:q} --method {wildcards.method} --n-shot {wildcards.n_shot} "
+        "--seed {wildcards.seed} --dataset {wildcards.dataset:q} > {log:q} 2>&1"
+
+
+rule meta_test_icfil:
+    input:
+        code=CODE["meta_test"],
+        model=META_MODEL,
+        data=lambda wildcards: cache(wildcards.dataset, "test"),
+    output:
+        TEST_ICFIL,
+    params:
+        config=CONFIGFILE,
+        settings=settings(CFG.meta_test, CFG.meta_train.learner, CFG.seed),
+    log:
+        f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_icfil.log",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        "../envs/purer.yaml"
+    shell:
+        "purer meta-test --config {params.config:q} --method {wildcards.method} --n-shot {wildcards.n_shot} "
+        "--seed {wildcards.seed} --dataset {wildcards.dataset:q} --icfil > {log:q} 2>&1"

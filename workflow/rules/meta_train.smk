@@ -1,0 +1,25 @@
+"""meta_train: one job per (method, n_shot, seed) of the grid (ECI and the baselines)."""
+
+
+rule meta_train:
+    input:
+        code=CODE["meta_train"],
+        manifest=MANIFEST,
+        teachers=TEACHERS,
+        val=VAL_SPLITS,
+    output:
+        model=META_MODEL,
+        summary=RUN_SUMMARY,
+    params:
+        config=CONFIGFILE,
+        settings=settings(CFG.meta_train, CFG.seed),
+    log:
+        f"{LOGS}/meta_train/{{method}}_{{n_shot}}shot_seed{{seed}}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        "../envs/purer.yaml"
+    shell:
+        "purer meta-train --config {params.config:q} --method {wildcards.method} "
+        "--n-shot {wildcards.n_shot} --seed {wildcards.seed} > {log:q} 2>&1"
