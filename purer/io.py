@@ -40,6 +40,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(folder: str | Path, prefix: str = "") -> int:
+    """Delete the temporary files (``.<prefix>*.tmp``) that killed writers left in ``folder``.
+
+    Only for a folder, or a ``prefix`` of file names, that one process writes at a time: a live
+    writer's temporary file would be removed too. Returns the number of files removed.
+    """
+    stale = sorted(Path(folder).glob(f".{prefix}*.tmp")) if Path(folder).is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Atomically write ``data`` to ``path``."""
     with atomic_path(path) as tmp:
@@ -69,9 +81,9 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    """Atomically ``torch.save`` ``obj`` to ``path``."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Atomically ``torch.save`` ``obj`` to ``path`` (byte-identical for identical ``obj``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)  # a file object: the archive's inner folder is not named after ``tmp``
 
 
 def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
@@ -87,8 +99,9 @@ def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for truncated or foreign files
+        detail = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]  # not torch's advice paragraph
         raise CheckpointError(
-            f"{what} {path} is truncated or not a torch file ({type(exc).__name__}: {exc})"
+            f"{what} {path} is truncated or not a torch file ({type(exc).__name__}: {detail})"
         ) from None
 
 

@@ -4,9 +4,10 @@
   (:func:`meta_model_payload`; read by :func:`purer.meta.evaluate.load_meta_model`).
 - ``checkpoint.pt``: the whole training state (:func:`checkpoint_state`: meta parameters and
   optimiser, the dynamic dataset and its optimiser, the gradient switch, every generator, the best
-  validation so far and the number of ``curve.jsonl``/``val.jsonl`` lines written), tagged with a
-  *fingerprint* of everything that determines the run's numbers, including the source of the
-  modules that compute them. A checkpoint with another fingerprint is ignored.
+  validation so far with its ``meta_model.pt`` payload (rewritten on resume if a workflow deleted
+  it) and the number of ``curve.jsonl``/``val.jsonl`` lines written), tagged with a *fingerprint*
+  of everything that determines the run's numbers, including the teacher files' digests and the
+  source of the modules that compute them. A checkpoint with another fingerprint is ignored.
 - On resume the JSONL logs are truncated to the checkpoint's line counts, so a resumed run never
   has duplicate lines.
 - ``summary.json`` is written last; with a matching fingerprint it marks a finished run.
@@ -53,6 +54,12 @@ def code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def file_digest(path: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) of a file: a retrained teacher invalidates a checkpoint."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+
+
 def fingerprint(config: ExperimentConfig, method: str, n_shot: int, seed: int, teachers: list[Any]) -> dict[str, Any]:
     """Everything that determines a run's numbers, as plain JSON values (the device excluded)."""
     meta_train = to_dict(config.meta_train)
@@ -65,7 +72,7 @@ def fingerprint(config: ExperimentConfig, method: str, n_shot: int, seed: int, t
                        "inner_lr": config.meta_test.inner_lr, "episode_seed": config.seed},
         "precision": config.precision, "channels_last": config.channels_last,
         "teachers": [{"index": t.index, "architecture": t.architecture, "checkpoint": str(t.checkpoint),
-                      "classes": list(t.classes)} for t in teachers],
+                      "classes": list(t.classes), "sha256": file_digest(t.checkpoint)} for t in teachers],
         "code": code_digest(),
     }
     return json.loads(json.dumps(value))
@@ -112,6 +119,7 @@ def checkpoint_state(state: Any) -> dict[str, Any]:
         "val_lines": state.val_lines,
         "switch_events": state.switch_events,
         "val_seconds": state.val_seconds,
+        "best_model": state.best_model,
     }
 
 
@@ -151,6 +159,7 @@ def restore(state: Any, saved: dict[str, Any], out_dir: Path) -> None:
     state.best = dict(saved["best"])
     state.curve_lines, state.val_lines = int(saved["curve_lines"]), int(saved["val_lines"])
     state.switch_events, state.val_seconds = int(saved["switch_events"]), float(saved["val_seconds"])
+    state.best_model = saved.get("best_model")
     truncate_jsonl(out_dir / "curve.jsonl", state.curve_lines)
     truncate_jsonl(out_dir / "val.jsonl", state.val_lines)
 

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from purer import paths
-from purer.runinfo import write_run_info
 from purer.config import ExperimentConfig
 from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes, materialise
@@ -47,6 +46,7 @@ from purer.io import load_torch, read_yaml, write_json
 from purer.meta.calibration import icfil_calibrate
 from purer.meta.learners import AdaptedState, Episode, GradientLearner, Params, ProtoNet, build_learner
 from purer.models.backbones import build_backbone
+from purer.runinfo import write_run_info
 from purer.seeding import make_generator
 from purer.tracking import progress
 
@@ -324,6 +324,8 @@ def meta_test(
         raise ConfigError(f"--dataset {dataset!r} is not defined under `datasets` (defined: {sorted(config.datasets)})")
     if dataset == AVERAGE:
         raise ConfigError(f"a dataset may not be called {AVERAGE!r} (reserved for the average over datasets)")
+    if n_shot < 1:
+        raise ConfigError(f"n_shot: expected at least 1, got {n_shot}")
     device = device or config.device
     run = Path(run) if run is not None else paths.run_dir(config, method, n_shot, seed)
     split = load_split(paths.dataset_cache(config, dataset, "test"))

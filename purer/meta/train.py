@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from purer import paths
-from purer.runinfo import write_run_info
 from purer.config import ExperimentConfig, MetaTrainConfig
 from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes
@@ -48,13 +47,21 @@ from purer.errors import ConfigError, PurerError
 from purer.inversion.batched import ResidentPool
 from purer.inversion.curriculum import GradientSwitch, reversed_outer_loss
 from purer.inversion.dataset import PseudoData
-from purer.io import append_jsonl, save_torch
+from purer.io import append_jsonl, remove_stale_temporaries, save_torch
 from purer.meta import checkpoint as ckpt
 from purer.meta.evaluate import evaluate
 from purer.meta.init import MetaModelSpec, initial_meta_model, meta_model_spec
-from purer.meta.learners import GradientLearner, ProtoNet, build_learner, episode_loss, meta_parameters
+from purer.meta.learners import (
+    Episode,
+    GradientLearner,
+    ProtoNet,
+    build_learner,
+    episode_loss,
+    meta_parameters,
+)
 from purer.models.pool import Manifest, load_manifest, load_pool
 from purer.models.pretrain import resolve_device
+from purer.runinfo import write_run_info
 from purer.seeding import make_generator
 from purer.tracking import progress
 
@@ -110,6 +117,7 @@ class State:
     switch_events: int = 0
     val_seconds: float = 0.0
     resumed_from: int | None = None
+    best_model: dict[str, Any] | None = None  # the meta_model.pt payload (rewritten on resume if deleted)
 
 
 def meta_train(
@@ -139,6 +147,8 @@ def meta_train(
     if done is not None:
         logger.info("%s is already complete; nothing to do", run.out_dir)
         return done
+    for folder in (run.out_dir, run.out_dir / "grids", run.out_dir / "snapshots"):
+        remove_stale_temporaries(folder)  # left by a killed run (only this run writes here)
     return train(run) if method in TRAINED else baseline(run)
 
 
@@ -236,6 +246,8 @@ def train(run: Run) -> dict[str, Any]:
     else:
         ckpt.restore(state, saved, run.out_dir)
         logger.info("resuming %s from meta-iteration %d", run.out_dir, state.iteration)
+        if state.best_model is not None and not (run.out_dir / "meta_model.pt").is_file():
+            save_torch(run.out_dir / "meta_model.pt", state.best_model)  # a workflow rerun deletes outputs
     iterations = run.mt.iterations
     snapshots = ckpt.grid_iterations(iterations, run.mt.grid_snapshots)
     with progress(total=iterations, desc=f"{run.method} {run.spec.n_way}w{run.n_shot}s") as bar:
@@ -365,6 +377,7 @@ def meta_step(run: Run, state: State) -> tuple[torch.Tensor, torch.Tensor]:
     for _ in range(mt.meta_batch_size):
         episode = state.data.sample_episode(mt.n_way, run.n_shot, mt.n_query, state.generators["episodes"],
                                             detach=True, size=run.spec.input_size, channels=run.spec.channels)
+        episode = in_memory_format(episode, run.config.channels_last)
         loss, accuracy = episode_loss(state.learner, state.meta_model, state.params, episode,
                                       mt.learner.inner_steps, create_graph=True)
         loss.backward()  # accumulates into .grad: the gradient of the summed outer losses
@@ -372,6 +385,19 @@ def meta_step(run: Run, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         accuracies.append(accuracy)
     state.optimizer.step()
     return torch.stack(losses).mean(), torch.stack(accuracies).mean() * 100.0
+
+
+def in_memory_format(episode: Episode, channels_last: bool) -> Episode:
+    """The episode's images in channels-last memory format when ``channels_last`` (same values).
+
+    The meta model's convolutions then run channels-last too (about 1.3x faster on CPU for the
+    meta step; the results differ from contiguous only by float rounding).
+    """
+    if not channels_last:
+        return episode
+    fmt = torch.channels_last
+    return dataclasses.replace(episode, support_x=episode.support_x.contiguous(memory_format=fmt),
+                               query_x=episode.query_x.contiguous(memory_format=fmt))
 
 
 def validate(run: Run, state: State) -> dict[str, Any]:
@@ -389,14 +415,16 @@ def validate(run: Run, state: State) -> dict[str, Any]:
         save_model(run, state, run.out_dir / "snapshots" / f"iter{state.iteration:05d}.pt")
     if state.best["accuracy"] is None or record["accuracy"] > state.best["accuracy"]:
         state.best = {"accuracy": record["accuracy"], "ci95": record["ci95"], "iteration": state.iteration}
-        save_model(run, state, run.out_dir / "meta_model.pt")
+        state.best_model = save_model(run, state, run.out_dir / "meta_model.pt")
     state.val_seconds += time.perf_counter() - start
     logger.info("iteration %d: val accuracy %.2f ± %.2f %%", state.iteration, record["accuracy"], record["ci95"])
     return record
 
 
-def save_model(run: Run, state: State, path: Path) -> None:
-    """Write the current parameters as a ``meta_model.pt``-style payload (with their val accuracy)."""
+def save_model(run: Run, state: State, path: Path) -> dict[str, Any]:
+    """Write (and return) the current parameters as a ``meta_model.pt``-style payload (with their val accuracy)."""
     validated = [r for r in ckpt.read_jsonl(run.out_dir / "val.jsonl") if r["iteration"] == state.iteration]
     accuracy = validated[-1]["accuracy"] if validated else None
-    save_torch(path, ckpt.meta_model_payload(run.spec, state.params, run.info, state.iteration, accuracy))
+    payload = ckpt.meta_model_payload(run.spec, state.params, run.info, state.iteration, accuracy)
+    save_torch(path, payload)
+    return payload

@@ -27,7 +27,7 @@ from purer import paths
 from purer.config import ExperimentConfig
 from purer.data.cache import SplitData, load_split
 from purer.errors import ConfigError, DataError
-from purer.io import load_torch, save_torch, write_json
+from purer.io import load_torch, remove_stale_temporaries, save_torch, write_json
 from purer.models.backbones import build_backbone
 from purer.models.pool import TeacherSpec, teacher_spec
 from purer.seeding import derive_seed, make_generator
@@ -307,6 +307,7 @@ def train_teacher(
     optimizer, scheduler = build_optimizer(model, spec.architecture, config)
     state = _State(model, optimizer, scheduler, make_generator(config.seed, "pool", index), history=[])
     fingerprint = _fingerprint(spec, config, split.channels)
+    remove_stale_temporaries(out_path.parent, out_path.stem + ".")  # this teacher's, left by a killed job
     _try_resume(resume_path(out_path), state, fingerprint)
     _run_epochs(config, spec, data, state, _Precision(config, device), resume_path(out_path), fingerprint)
     return _finish(config, spec, split, state, out_path)

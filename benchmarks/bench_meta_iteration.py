@@ -1,0 +1,648 @@
+"""Seconds per full ECI meta-iteration: the authors' cost profile vs ``purer meta-train`` (algorithm.md §2.8, §8).
+
+One meta-iteration = the data step (inversion loss of every teacher, backward, one Adam step on
+the images) + the meta step (a meta-batch of 4 second-order MAML episodes, 5-way 1-shot, 15
+queries, one Adam step on the meta model) + one host sync for the logged values. The gradient
+switch stays off (the warm-up phase, i.e. the method ``ei``): the reversed step fires at most once
+per ``patience`` iterations and is not part of the timings.
+
+Variants (see ``VARIANTS``):
+
+- ``reference``: the cost profile of the authors' code (algorithm.md §8.1, §8.3, §8.5, §8.10):
+  every iteration each teacher is rebuilt and its checkpoint ``torch.load``-ed from disk, teachers
+  run one by one in fp32 and contiguous memory, the data loss is back-propagated into the teacher
+  weights too (``requires_grad=True``), and the 4 episode graphs are kept until one summed backward.
+- ``+<name>``: one speed-up on top of the reference (an ablation).
+- ``trainer-fp32``: what ``purer meta-train`` runs with the default settings (resident pool,
+  images-only gradients, per-episode backward, ``teacher_batching: auto``).
+- ``optimised``: ``purer meta-train``'s own ``data_step``/``meta_step`` with the best settings
+  for the device (``BEST``).
+
+Scenarios (see ``SCENARIOS``): randomly initialised teachers (speed does not depend on training)
+with 5 classes each, 16 images per class, RGB; ``t13`` is CIFAR-FS / mini-ImageNet at 32 px (64
+classes, 13 Conv4 teachers of width 32, the last with 4 classes).
+
+Each (scenario, variant) runs in its own subprocess: peak memory is the growth of ``ru_maxrss``
+(CPU) or ``torch.cuda.max_memory_allocated`` (CUDA). ``--limits`` also measures the practical
+FLOP rate of the same conv layers at a large batch, against which the achieved rate of each data
+step is reported (``pct_of_limit``).
+
+    python benchmarks/bench_meta_iteration.py --device cpu --threads 2 --configs main
+    python benchmarks/bench_meta_iteration.py --device cuda --configs main,scaling --limits
+
+Prints a Markdown table and writes ``benchmarks/results/meta_iteration_<tag>_<device>.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A pool shape: ``teachers`` blocks of 5 classes (the last may be short) over ``classes``."""
+
+    teachers: int
+    classes: int
+    architectures: tuple[str, ...] = ("conv4",)
+    size: int = 32
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How an iteration is run. ``trainer=True`` uses ``purer.meta.train`` itself."""
+
+    trainer: bool = False
+    reload: bool = True  # rebuild + torch.load every teacher every iteration (§8.1)
+    teacher_grads: bool = True  # backward into the teacher weights too (§8.5)
+    summed_backward: bool = True  # keep the 4 episode graphs until one backward (§8.10)
+    episode_vmap: bool = False  # the 4 episodes as one vmap (torch.func) instead of a loop
+    precision: str = "fp32"
+    channels_last: bool = False
+    batching: str = "loop"  # loop | vmap | auto (trainer only)
+    teachers_per_step: int | None = None
+    threads: int | None = None  # None = --threads
+    conv_fp32_precision: str | None = None  # torch.backends.mkldnn.conv.fp32_precision (CPU)
+    compile: bool = False  # torch.compile the resident teacher modules
+    fast_bn_stats: bool = False  # record BN statistics with ``fast_bn_forward`` (a proposal)
+
+
+SCENARIOS = {
+    "t4": Scenario(4, 20),
+    "t13": Scenario(13, 64),
+    "t32": Scenario(32, 160),
+    "t100": Scenario(100, 500),
+    "mixed": Scenario(3, 15, ("conv4", "resnet10", "resnet18")),
+    "t13_84px": Scenario(13, 64, ("conv4",), 84),
+}
+REFERENCE = Variant()
+TRAINER = Variant(trainer=True, reload=False, teacher_grads=False, summed_backward=False, batching="auto")
+BEST = {  # the fastest settings measured per device type (benchmarks/README.md)
+    "cpu": replace(TRAINER, precision="bf16", channels_last=True),
+    "cuda": replace(TRAINER, batching="auto"),
+}
+VARIANTS = {
+    "reference": REFERENCE,
+    "+resident": replace(REFERENCE, reload=False),
+    "+images_only": replace(REFERENCE, teacher_grads=False),
+    "+episode_backward": replace(REFERENCE, summed_backward=False),
+    "+episode_vmap": replace(REFERENCE, summed_backward=False, episode_vmap=True),
+    "+channels_last": replace(REFERENCE, channels_last=True),
+    "+bf16": replace(REFERENCE, precision="bf16"),
+    "+conv_bf16_math": replace(REFERENCE, conv_fp32_precision="bf16"),
+    "+vmap": replace(REFERENCE, batching="vmap"),
+    "+subsample4": replace(REFERENCE, teachers_per_step=4),
+    "+1thread": replace(REFERENCE, threads=1),
+    "+resident+compile": replace(REFERENCE, reload=False, compile=True),
+    "+fast_bn_stats": replace(REFERENCE, fast_bn_stats=True),
+    "trainer-fp32": TRAINER,
+    "optimised": None,  # BEST[device type]
+    "optimised-loop": None,  # BEST with teacher_batching: loop
+    "optimised-vmap": None,  # BEST with teacher_batching: vmap
+    "optimised+compile": None,  # BEST with torch.compile-d teacher modules (no config option yet)
+    "optimised+fast_bn_stats": None,  # BEST with the proposed BN-statistics recording
+    "optimised+fast_bn_stats+compile": None,
+    "optimised+subsample4": None,  # BEST with teachers_per_step: 4 (changes the algorithm)
+}
+PRESETS = {
+    "main": [("t13", v) for v in ("reference", "+resident", "+images_only", "+episode_backward", "+channels_last",
+                                  "+bf16", "+conv_bf16_math", "+vmap", "+subsample4", "+1thread", "trainer-fp32",
+                                  "optimised", "optimised-vmap")],
+    "extra": [("t13", v) for v in ("+episode_vmap", "+resident+compile", "+fast_bn_stats", "optimised+compile",
+                                   "optimised+fast_bn_stats", "optimised+fast_bn_stats+compile",
+                                   "optimised+subsample4")],
+    "gpu": [("t13", v) for v in ("reference", "+resident", "+images_only", "+episode_backward", "+channels_last",
+                                 "+bf16", "+vmap", "+subsample4", "optimised", "optimised-loop")]
+    + [(s, "optimised") for s in ("t4", "t32", "t100")] + [("mixed", "reference"), ("mixed", "optimised"),
+                                                             ("t13_84px", "reference"), ("t13_84px", "optimised")],
+    "scaling": [(s, "optimised") for s in ("t4", "t13", "t32", "t100")] + [("t4", "reference")],
+    "mixed": [("mixed", "reference"), ("mixed", "optimised")],
+    "84px": [("t13_84px", "reference"), ("t13_84px", "optimised")],
+}
+FIELDS = [
+    "device", "scenario", "variant", "teachers", "architectures", "size", "images", "threads", "iters",
+    "median_s", "p10_s", "p90_s", "data_s", "meta_s", "images_per_s", "data_s_per_teacher",
+    "useful_gflop", "achieved_gflops", "peak_mem_mb", "load_before", "load_after",
+]  # fmt: skip
+N_WAY, N_SHOT, N_QUERY, SPC, META_BATCH = 5, 1, 15, 16, 4
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--iters", type=int, default=50, help="timed meta-iterations (median reported)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--configs", default="main",
+                        help=f"comma-separated presets {sorted(PRESETS)} or scenario:variant pairs")
+    parser.add_argument("--limits", action="store_true", help="also measure the practical FLOP rate")
+    parser.add_argument("--limit-batch", type=int, default=1024, help="batch of the --limits measurement")
+    parser.add_argument("--tag", default=None, help="CSV name part (default: the --configs value)")
+    parser.add_argument("--out", type=Path, default=None, help="CSV path (overrides --tag)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def resolve_configs(spec: str) -> list[tuple[str, str]]:
+    """Presets and ``scenario:variant`` pairs, in order, without duplicates."""
+    pairs: list[tuple[str, str]] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if item in PRESETS:
+            new = PRESETS[item]
+        elif ":" in item and item.split(":")[0] in SCENARIOS and item.split(":")[1] in VARIANTS:
+            new = [tuple(item.split(":", 1))]
+        else:
+            raise SystemExit(f"--configs: unknown {item!r} (presets {sorted(PRESETS)}, scenarios "
+                             f"{sorted(SCENARIOS)}, variants {list(VARIANTS)})")
+        pairs += [p for p in new if p not in pairs]
+    return pairs
+
+
+def variant_for(name: str, device: str) -> Variant:
+    best = BEST["cuda" if device.startswith("cuda") else "cpu"]
+    derived = {
+        "optimised": best,
+        "optimised-loop": replace(best, batching="loop"),
+        "optimised-vmap": replace(best, batching="vmap"),
+        "optimised+compile": replace(best, compile=True),
+        "optimised+fast_bn_stats": replace(best, fast_bn_stats=True),
+        "optimised+fast_bn_stats+compile": replace(best, fast_bn_stats=True, compile=True),
+        "optimised+subsample4": replace(best, teachers_per_step=4),
+    }
+    return derived[name] if name in derived else VARIANTS[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up: random teachers saved to a temporary folder, the trainer's Run and State
+# --------------------------------------------------------------------------------------------
+
+
+def make_entries(scenario: Scenario, folder: Path, device: str) -> list:
+    """Random teachers (seeded), written as checkpoints under ``folder``; their manifest entries."""
+    import torch
+
+    from purer.models.backbones import build_backbone
+    from purer.models.pool import TeacherEntry
+
+    classes = list(range(scenario.classes))
+    blocks = [classes[i : i + 5] for i in range(0, len(classes), 5)][: scenario.teachers]
+    entries = []
+    for index, block in enumerate(blocks):
+        arch = scenario.architectures[index % len(scenario.architectures)]
+        kwargs = {"width": 32} if arch == "conv4" else {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(index)
+            model = build_backbone(arch, len(block), 3, scenario.size, running_stats=True, **kwargs)
+        path = folder / f"teacher_{index:03d}.pt"
+        torch.save({"state_dict": model.state_dict()}, path)
+        entries.append(TeacherEntry(
+            index=index, architecture=arch, arch_kwargs=kwargs, checkpoint=path, dataset="bench",
+            classes=tuple(block), local_classes=tuple(block), num_outputs=len(block), image_size=scenario.size,
+            channels=3, mean=(0.5,) * 3, std=(0.25,) * 3, val_accuracy=None,
+        ))  # fmt: skip
+    return entries
+
+
+def make_run(scenario: Scenario, variant: Variant, entries: list, folder: Path, device: str):
+    """The trainer's Run (method ``ei``, random init) for this pool; validation is never used."""
+    from purer.config import ExperimentConfig, InversionConfig, LearnerConfig, MetaTrainConfig
+    from purer.meta.init import MetaModelSpec
+    from purer.meta.train import Run
+    from purer.models.pool import Manifest
+    from purer.models.pretrain import resolve_device
+
+    inversion = InversionConfig(images_per_class=SPC, teacher_batching=variant.batching,
+                                teachers_per_step=variant.teachers_per_step)
+    mt = MetaTrainConfig(init="random", n_way=N_WAY, n_query=N_QUERY, meta_batch_size=META_BATCH,
+                         learner=LearnerConfig(), inversion=inversion)
+    config = ExperimentConfig(device=device, precision=variant.precision, channels_last=variant.channels_last,
+                              meta_train=mt)
+    spec = MetaModelSpec("conv4", {"width": 32, "adaptive_pool": False}, N_WAY, scenario.size, 3)
+    manifest = Manifest(folder / "manifest.yaml", (), tuple(entries))
+    return Run(config, "ei", N_SHOT, 0, folder / "run", resolve_device(device), manifest, spec, None, None, {}, {})
+
+
+class Bench:
+    """One (scenario, variant): builds the trainer state and runs timed meta-iterations."""
+
+    def __init__(self, scenario: Scenario, variant: Variant, device: str, folder: Path) -> None:
+        import torch
+
+        from purer.meta import train
+
+        self.torch, self.train = torch, train
+        self.scenario, self.variant, self.device = scenario, variant, torch.device(device)
+        self.entries = make_entries(scenario, folder, device)
+        self.run = make_run(scenario, variant, self.entries, folder, device)
+        self.state = train.build_state(self.run)
+        self.modules = list(self.state.pool.modules)
+        self.plain_modules = list(self.modules)  # never compiled (FLOP counting)
+        if variant.teacher_grads and not variant.reload:
+            for module in self.modules:
+                module.requires_grad_(True)
+        if variant.compile:
+            self.modules = [torch.compile(m) for m in self.modules]
+            if variant.trainer:  # what a compile option of the pool would do
+                self.state.pool.modules = self.modules
+        self.images = sum(d.images.shape[0] for d in self.state.data.domains.values())
+
+    # ------------------------------------------------------------- one iteration
+
+    def iteration(self, index: int) -> tuple[float, float]:
+        """Run meta-iteration ``index``; return (data-step seconds, meta-step seconds)."""
+        start = time.perf_counter()
+        if self.variant.trainer:
+            terms, _ = self.train.data_step(self.run, self.state, index)
+        else:
+            terms = self.reference_data_step()
+        self._sync()
+        middle = time.perf_counter()
+        if self.variant.trainer:
+            loss, accuracy = self.train.meta_step(self.run, self.state)
+        else:
+            loss, accuracy = self.reference_meta_step()
+        self.torch.stack([loss, accuracy, terms["total"]]).tolist()  # the iteration's host sync
+        return middle - start, time.perf_counter() - middle
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    # ------------------------------------------------------------- the reference family
+
+    def teacher(self, position: int):
+        """A resident module, or (``reload``) one rebuilt from its checkpoint on disk."""
+        if not self.variant.reload:
+            return self.modules[position]
+        from purer.models.pool import load_teacher
+
+        module = load_teacher(self.entries[position], self.device)
+        if self.variant.teacher_grads:
+            module.requires_grad_(True)
+        if self.variant.channels_last:
+            module.to(memory_format=self.torch.channels_last)
+        return module
+
+    def reference_loss(self, order: list[int]):
+        """Σ_j w_j L_inv,j over ``order`` by a per-teacher loop, or one vmapped pool."""
+        from purer.inversion.batched import ResidentPool
+
+        v, st, config = self.variant, self.state, self.run.mt.inversion
+        if v.batching == "vmap":
+            pool, teachers = st.pool, order
+            if v.reload:
+                pool = ResidentPool(device=self.device, precision=v.precision,
+                                    loaded=[(self.entries[p], self.teacher(p)) for p in order])
+                teachers = None
+                if v.teacher_grads:
+                    for group in pool.groups:
+                        for tensor in group.params.values():
+                            tensor.requires_grad_(True)
+            return pool.inversion_loss(st.data, st.generators["jitter"], config, teachers)[0]
+        return self.loop_loss(order, config)
+
+    def loop_loss(self, order: list[int], config):
+        """The per-teacher loop of ``ResidentPool.reference_inversion_loss`` over ``self.teacher``."""
+        from purer.inversion.batched import teacher_weights
+        from purer.inversion.losses import draw_shifts, inversion_terms, roll
+        from purer.models.backbones import record_bn_stats
+
+        torch, v, st = self.torch, self.variant, self.state
+        shifts = draw_shifts(len(order), config.jitter, st.generators["jitter"])
+        weights = teacher_weights(len(order), config.teacher_weighting)
+        tables = st.pool.tables(st.data)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if v.precision == "bf16" else None
+        total = 0.0
+        for j, position in enumerate(order):
+            module = self.teacher(position)
+            x = roll(tables.domains[position].images[tables.rows[position]], shifts[j])
+            if v.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with record_bn_stats() as stats, autocast or contextlib.nullcontext():
+                logits = module(x)
+            total = total + weights[j] * inversion_terms(logits, tables.targets[position], x, stats, config)["total"]
+        return total
+
+    def reference_data_step(self) -> dict:
+        st = self.state
+        subset = self.train.teacher_subset(self.run, st)
+        order = list(range(len(self.entries))) if subset is None else subset
+        total = self.reference_loss(order)
+        images = st.data.parameters()
+        if self.variant.teacher_grads:  # gradients reach the teacher weights too (and are never used)
+            total.backward()
+        else:
+            for image, grad in zip(images, self.torch.autograd.grad(total, images), strict=True):
+                image.grad = grad
+        st.data.optimizer.step()
+        st.data.optimizer.zero_grad(set_to_none=True)
+        return {"total": total.detach()}
+
+    def reference_meta_step(self):
+        from purer.meta.learners import episode_loss
+
+        torch, st, mt = self.torch, self.state, self.run.mt
+        st.optimizer.zero_grad(set_to_none=True)
+        episodes = [st.data.sample_episode(N_WAY, N_SHOT, N_QUERY, st.generators["episodes"], detach=True)
+                    for _ in range(META_BATCH)]
+        if self.variant.episode_vmap:
+            losses, accuracies = vmapped_episode_losses(st.meta_model, st.params, episodes, st.learner.inner_lr,
+                                                        mt.learner.inner_steps)
+            losses.sum().backward()
+        else:
+            losses, accuracies = [], []
+            for episode in episodes:
+                loss, accuracy = episode_loss(st.learner, st.meta_model, st.params, episode, mt.learner.inner_steps)
+                if not self.variant.summed_backward:
+                    loss.backward()
+                    loss = loss.detach()
+                losses.append(loss)
+                accuracies.append(accuracy)
+            losses, accuracies = torch.stack(losses), torch.stack(accuracies)
+            if self.variant.summed_backward:
+                losses.sum().backward()
+        st.optimizer.step()
+        return losses.detach().mean(), accuracies.mean() * 100.0
+
+
+def fast_bn_forward(self, x):
+    """A proposed ``RecordingBatchNorm2d.forward``: the same statistics, computed faster on CPU.
+
+    ``x.var(dim=(0, 2, 3))`` is the slowest kernel of the CPU data step (a strided Welford
+    reduction, ~30 ms for one [80, 32, 32, 32] input on 1 thread, and its autograd backward is 4
+    more passes). Here the input is viewed as rows [B·H·W, C] (a view for channels-last, one copy
+    otherwise) and the biased variance is the two-pass mean of squared deviations: the same
+    quantity, rounded differently (relative difference ~1e-7).
+    """
+    from torch import nn
+
+    from purer.models.backbones import _STATS_SINK, BNStats
+
+    sink = _STATS_SINK.get()
+    if sink is not None:
+        rows = x.float().permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        mean = rows.mean(dim=0)
+        sink.append(BNStats(mean, (rows - mean).square().mean(dim=0), self.running_mean, self.running_var))
+    return nn.BatchNorm2d.forward(self, x)
+
+
+def vmapped_episode_losses(model, params: dict, episodes: list, inner_lr: float, steps: int):
+    """Second-order MAML outer losses [E] and accuracies [E] of E episodes in one ``vmap``.
+
+    The inner gradient is ``torch.func.grad`` (create-graph semantics with respect to ``params``
+    outside the transform), so ``losses.sum().backward()`` gives the same meta-gradient as the
+    per-episode loop.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad, vmap
+
+    def one(support_x, support_y, query_x, query_y):
+        fast = dict(params)
+        for _ in range(steps):
+            inner = grad(lambda p: F.cross_entropy(functional_call(model, p, (support_x,)), support_y))(fast)
+            fast = {k: fast[k] - inner_lr * inner[k] for k in fast}
+        logits = functional_call(model, fast, (query_x,))
+        return F.cross_entropy(logits, query_y), (logits.argmax(dim=1) == query_y).float().mean()
+
+    stacked = [torch.stack([getattr(e, f) for e in episodes]) for f in ("support_x", "support_y", "query_x", "query_y")]
+    losses, accuracies = vmap(one)(*stacked)
+    return losses, accuracies.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs: useful work of a data step, and the practical rate of the same layers
+# --------------------------------------------------------------------------------------------
+
+
+def useful_flops(bench: Bench) -> float:
+    """Conv/linear FLOPs of every teacher's forward + input-backward (what the step needs), fp32."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from purer.inversion.batched import group_key
+
+    st, counted, total = bench.state, {}, 0.0
+    tables = st.pool.tables(st.data)
+    for position, entry in enumerate(bench.entries):
+        key = group_key(entry)
+        if key not in counted:
+            module = bench.plain_modules[position]
+            x = tables.domains[position].images[tables.rows[position]].detach().float().contiguous()
+            x.requires_grad_(True)
+            with FlopCounterMode(display=False) as counter:
+                module(x).sum().backward(inputs=[x])
+            counted[key] = counter.get_total_flops()
+        total += counted[key]
+    return total
+
+
+def conv_limits(args: argparse.Namespace) -> list[dict]:
+    """Forward + input-backward GFLOP/s of one Conv4 teacher at a large batch (the practical limit)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from purer.models.backbones import build_backbone
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for size in (32, 84):
+        for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)):
+            model = build_backbone("conv4", 5, 3, size, running_stats=True, width=32).to(args.device).eval()
+            model.requires_grad_(False)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            model.to(memory_format=fmt)
+            x = torch.randn(args.limit_batch, 3, size, size, device=args.device).contiguous(memory_format=fmt).requires_grad_(True)
+
+            def step(model=model, x=x, bf16=precision == "bf16"):
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = model(x)
+                x.grad = None
+                out.float().sum().backward(inputs=[x])  # the input gradient only
+
+            with FlopCounterMode(display=False) as counter:
+                step()
+            times = _repeat(step, 2, 6, args.device)
+            gflop = counter.get_total_flops() / 1e9
+            rows.append({"size": size, "precision": precision, "channels_last": channels_last, "batch": args.limit_batch,
+                         "gflop": round(gflop, 2), "median_s": round(times, 4), "gflops": round(gflop / times, 1)})
+    rows += matmul_limits(args)
+    return rows
+
+
+def matmul_limits(args: argparse.Namespace) -> list[dict]:
+    """GFLOP/s of a 2048³ matmul, fp32 and bf16 (the machine's arithmetic peak, roughly)."""
+    import torch
+
+    rows = []
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(2048, 2048, device=args.device, dtype=dtype)
+        seconds = _repeat(lambda a=a: a @ a, 2, 10, args.device)
+        rows.append({"size": "matmul 2048", "precision": precision, "channels_last": "", "batch": "",
+                     "gflop": round(2 * 2048**3 / 1e9, 2), "median_s": round(seconds, 4),
+                     "gflops": round(2 * 2048**3 / 1e9 / seconds, 1)})
+    return rows
+
+
+def _repeat(fn, warmup: int, iters: int, device: str) -> float:
+    import torch
+
+    times = []
+    for i in range(warmup + iters):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker and driver
+# --------------------------------------------------------------------------------------------
+
+
+def time_config(args: argparse.Namespace, scenario_name: str, variant_name: str) -> dict:
+    """Warm-up + timed meta-iterations of one configuration in this process."""
+    import torch
+
+    scenario, variant = SCENARIOS[scenario_name], variant_for(variant_name, args.device)
+    threads = variant.threads or args.threads
+    torch.set_num_threads(threads)
+    if variant.fast_bn_stats:
+        from purer.models.backbones import RecordingBatchNorm2d
+
+        RecordingBatchNorm2d.forward = fast_bn_forward
+    if variant.conv_fp32_precision is not None:
+        torch.backends.mkldnn.conv.fp32_precision = variant.conv_fp32_precision
+    cuda = args.device.startswith("cuda")
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="purer-bench-") as tmp:
+        bench = Bench(scenario, variant, args.device, Path(tmp))
+        flops = useful_flops(bench)
+        data_times, meta_times = [], []
+        for index in range(1, args.warmup + args.iters + 1):
+            data_s, meta_s = bench.iteration(index)
+            if index > args.warmup:
+                data_times.append(data_s)
+                meta_times.append(meta_s)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024  # KiB on Linux
+    used = variant.teachers_per_step or len(bench.entries)
+    flops *= min(used, len(bench.entries)) / len(bench.entries)
+    return summarise(args, scenario_name, variant_name, bench, threads, data_times, meta_times, flops, used,
+                     peak, load_before)
+
+
+def summarise(args, scenario_name, variant_name, bench, threads, data_times, meta_times, flops, used, peak,
+              load_before) -> dict:
+    totals = sorted(d + m for d, m in zip(data_times, meta_times, strict=True))
+    median, data_s = statistics.median(totals), statistics.median(data_times)
+    return {
+        "device": args.device, "scenario": scenario_name, "variant": variant_name,
+        "teachers": len(bench.entries), "architectures": "/".join(bench.scenario.architectures),
+        "size": bench.scenario.size, "images": bench.images, "threads": threads, "iters": len(totals),
+        "median_s": round(median, 4), "p10_s": round(totals[int(0.1 * (len(totals) - 1))], 4),
+        "p90_s": round(totals[math.ceil(0.9 * (len(totals) - 1))], 4), "data_s": round(data_s, 4),
+        "meta_s": round(statistics.median(meta_times), 4), "images_per_s": round(bench.images / median, 1),
+        "data_s_per_teacher": round(data_s / used, 5), "useful_gflop": round(flops / 1e9, 2),
+        "achieved_gflops": round(flops / 1e9 / data_s, 1), "peak_mem_mb": round(peak, 1),
+        "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+    }  # fmt: skip
+
+
+def run_worker(argv: list[str], pair: tuple[str, str] | str) -> dict | list:
+    """Run one configuration (or the limits) in a fresh interpreter; parse its JSON line."""
+    name = pair if isinstance(pair, str) else ":".join(pair)
+    command = [sys.executable, __file__, *argv, "--worker", name]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"configuration {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(rows: list[dict], reference: dict[str, float]) -> str:
+    head = ("| scenario | variant | s/iter (median) | p10–p90 | data s | meta s | speed-up | images/s | "
+            "data s/teacher | GFLOP/s | peak MB | load |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        ref = reference.get(r["scenario"])
+        speedup = f"{ref / r['median_s']:.2f}×" if ref else "–"
+        lines.append(
+            f"| {r['scenario']} | {r['variant']} | {r['median_s']:.3f} | {r['p10_s']:.3f}–{r['p90_s']:.3f} | "
+            f"{r['data_s']:.3f} | {r['meta_s']:.3f} | {speedup} | {r['images_per_s']:.0f} | "
+            f"{r['data_s_per_teacher']:.4f} | {r['achieved_gflops']:.1f} | {r['peak_mem_mb']:.0f} | "
+            f"{r['load_before']:.1f}/{r['load_after']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def report_limits(argv: list[str], args: argparse.Namespace, rows: list[dict], out: Path) -> None:
+    limits = run_worker(argv, "limits")
+    write_csv(out.with_name(out.stem + "_limits.csv"), limits, list(limits[0]))
+    print("\n| layers | precision | channels_last | batch | GFLOP | s (median) | GFLOP/s |\n|---|---|---|---|---|---|---|")
+    for r in limits:
+        print(f"| {r['size']} | {r['precision']} | {r['channels_last']} | {r['batch']} | {r['gflop']} | "
+              f"{r['median_s']} | {r['gflops']} |")
+    best = {s: max(r["gflops"] for r in limits if r["size"] == s) for s in (32, 84)}
+    for r in rows:
+        limit = best.get(r["size"])
+        if limit and "conv4" == r["architectures"]:
+            print(f"{r['scenario']} {r['variant']}: {r['achieved_gflops']} GFLOP/s = "
+                  f"{100 * r['achieved_gflops'] / limit:.0f}% of the {limit} GFLOP/s limit")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker == "limits":
+        print(json.dumps(conv_limits(args)))
+        return
+    if args.worker is not None:
+        print(json.dumps(time_config(args, *args.worker.split(":", 1))))
+        return
+    tag = args.tag or args.configs.replace(",", "+").replace(":", "-")
+    out = args.out or Path(__file__).parent / "results" / f"meta_iteration_{tag}_{args.device.replace(':', '')}.csv"
+    rows = []
+    for pair in resolve_configs(args.configs):
+        rows.append(run_worker(argv, pair))
+        write_csv(out, rows, FIELDS)  # after every configuration: a stopped run keeps what it measured
+        print(f"done {pair}: {rows[-1]['median_s']} s/iteration", file=sys.stderr, flush=True)
+    reference = {r["scenario"]: r["median_s"] for r in rows if r["variant"] == "reference"}
+    print(f"device {args.device}, {args.threads} threads, median of {args.iters} meta-iterations after "
+          f"{args.warmup} warm-up; torch {__import__('torch').__version__}")
+    print(markdown(rows, reference))
+    if args.limits:
+        report_limits(argv, args, rows, out)
+    print(f"CSV: {out}")
+
+
+if __name__ == "__main__":
+    main()

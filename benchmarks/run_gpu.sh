@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The meta-iteration and pre-training benchmarks on one CUDA GPU, in under 8 minutes.
+#
+#   OUT=/some/folder bash benchmarks/run_gpu.sh
+#
+# Installs nothing: it needs a Python with torch (CUDA), pyyaml, pillow and tqdm (PYTHON, default
+# python3) and runs the package from this checkout (PYTHONPATH). Writes under $OUT (default
+# benchmarks/results): gpu_info.txt, meta_iteration_cuda.csv (+ _limits.csv), meta_iteration_cuda.md,
+# pretrain_cuda.csv and pretrain_cuda.md. Each benchmark has its own time limit; the meta-iteration
+# CSV is rewritten after every configuration, so a run stopped by its limit keeps what it measured.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PURER_NO_PROGRESS=1
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+} > "$OUT/gpu_info.txt" 2>&1
+cat "$OUT/gpu_info.txt"
+
+# ~16 configurations, one subprocess each (CUDA start-up included): about 4-5 minutes.
+timeout 330 "$PY" benchmarks/bench_meta_iteration.py --device cuda --iters 50 --warmup 10 \
+  --configs gpu --limits --out "$OUT/meta_iteration_cuda.csv" 2>&1 | tee "$OUT/meta_iteration_cuda.md"
+
+# 3 architectures x 2 sizes x 3 modes in one process: about 1-2 minutes.
+timeout 120 "$PY" benchmarks/bench_pretrain.py --device cuda --iters 30 --warmup 5 --max-seconds 3 \
+  --modes fp32,fp32-cl,bf16-cl --out "$OUT/pretrain_cuda.csv" 2>&1 | tee "$OUT/pretrain_cuda.md"
+date -u
