@@ -10,7 +10,6 @@ from pathlib import Path
 from purer import paths
 from purer.cli import common
 from purer.cli.main import add_common_arguments
-from purer.report import aggregate, figures, tables
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from purer.report import aggregate, figures, tables  # pandas/seaborn: only when reporting
+
     config = common.load(args)
     root = Path(args.root) if args.root else paths.experiment_dir(config)
     out = Path(args.out) if args.out else paths.report_dir(config)
