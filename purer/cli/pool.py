@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="pool_command", metavar="<action>", required=True)
     train = actions.add_parser("train", help="train one teacher (algorithm.md §1.2)")
     add_common_arguments(train)
-    train.add_argument("--teacher", type=int, required=True, metavar="I", help="teacher index (0-based)")
+    train.add_argument("--teacher", "--block", dest="teacher", type=int, required=True, metavar="I",
+                       help="teacher index, 0-based (= block index for disjoint pools)")
     train.add_argument("--out", default=None, metavar="DIR", help="pool folder (default: from the config)")
     manifest = actions.add_parser("manifest", help="write manifest.yaml from the trained teachers")
     add_common_arguments(manifest)
