@@ -176,7 +176,9 @@ def curves_figure(runs: list[Run]) -> Figure | None:
     frame, events = _curve_frames(runs)
     if frame.empty:
         return None
-    methods = sorted(set(frame["method"]), key=method_rank)
+    trained = set(frame.loc[frame["metric"] != "val accuracy", "method"])  # random/average have no curve
+    methods = sorted(trained or set(frame["method"]), key=method_rank)
+    frame = frame[frame["method"].isin(methods)]
     metrics = [m for m in (*CURVE_METRICS.values(), "val accuracy") if m in set(frame["metric"])]
     settings = sorted(set(frame["setting"]), key=_setting_key)
     colours = dict(zip(settings, sns.color_palette(PALETTE, len(settings)), strict=True))
