@@ -273,6 +273,7 @@ class ExperimentConfig:
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16"] = "fp32"  # autocast dtype for teacher forwards
     channels_last: bool = False  # memory format for conv inputs
+    compile: bool = False  # torch.compile the teacher losses (loop) and the meta-training episode
     results_dir: str = "results"
     data_dir: str = "data"  # cache of decoded datasets
     datasets: dict[str, DatasetConfig] = field(default_factory=lambda: {"glyphs": DatasetConfig()})

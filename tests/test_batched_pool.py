@@ -7,6 +7,8 @@ gradients by cosine similarity > 0.95.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from inversion_helpers import (
@@ -18,7 +20,7 @@ from inversion_helpers import (
 
 from purer.config import InversionConfig
 from purer.errors import ConfigError
-from purer.inversion.batched import ResidentPool, teacher_weights
+from purer.inversion.batched import ResidentPool, _gathered, teacher_weights
 from purer.inversion.dataset import PseudoData
 from purer.inversion.losses import draw_shifts, inversion_terms, roll
 from purer.models.backbones import record_bn_stats
@@ -188,3 +190,38 @@ def test_cuda_vmap_matches_reference_loop():
             torch.testing.assert_close(g, ref, atol=1e-4, rtol=1e-4)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def test_compiled_loop_matches_eager_loop():
+    """``compile=True`` runs each teacher through its group's compiled graph: same terms and image
+    gradients as the eager loop (fp32, float rounding only), one graph per group."""
+    eager, data = _setup(conv4_pool_entries())
+    compiled, compiled_data = _setup(conv4_pool_entries(), compile=True)
+    config = InversionConfig()
+    total, terms, grads = _run(eager.reference_inversion_loss, data, config)
+    for _ in range(2):  # the second call reuses the compiled graphs
+        c_total, c_terms, c_grads = _run(compiled.reference_inversion_loss, compiled_data, config)
+        torch.testing.assert_close(c_total, total, **FP32)
+        for name in ("ce", "tv", "bn", "l2"):
+            torch.testing.assert_close(c_terms[name], terms[name], **FP32)
+        torch.testing.assert_close(c_grads[0], grads[0], **FP32)
+    assert len(compiled._compiled) == 2  # two groups: the 3-class blocks and the short block
+
+
+def test_consecutive_spans_match_the_gather():
+    """Class-major data in pool order is sliced (views), not gathered: same slices, same gradient."""
+    pool, data = _setup(conv4_pool_entries())
+    tables = pool.tables(data)
+    assert tables.spans == [(0, 9), (9, 9), (18, 6)]
+    gathered = _gathered(replace(tables, spans=[None] * 3), [0, 1, 2])
+    sliced = _gathered(tables, [0, 1, 2])
+    (images,) = data.parameters()
+    assert all(part._base is images for part in sliced)  # views of the images themselves
+    for a, b in zip(gathered, sliced, strict=True):
+        torch.testing.assert_close(a, b, atol=0.0, rtol=0.0)
+    weights = torch.randn(24)
+    (ga,) = torch.autograd.grad((torch.cat(gathered).sum(dim=(1, 2, 3)) * weights).sum(), data.parameters())
+    (gb,) = torch.autograd.grad((torch.cat(sliced).sum(dim=(1, 2, 3)) * weights).sum(), data.parameters())
+    torch.testing.assert_close(ga, gb, atol=0.0, rtol=0.0)
+    # a permuted order is not consecutive: the gather is used
+    assert _gathered(tables, [2, 0])[0]._base is not images

@@ -334,3 +334,20 @@ def test_teacher_batching_picks_the_inversion_path(pool, tmp_path, monkeypatch, 
     config = _config(pool, "meta_train.iterations=2", f"meta_train.inversion.teacher_batching={mode}")
     meta_train(config, "purer", 1, 0, tmp_path / mode)
     assert calls == [expected, expected]
+
+
+def test_all_finite_flags_nan_inf_and_overflow():
+    finite = torch.ones(3, 4)
+    assert train_module.all_finite(torch.tensor(1.0), (finite, None))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        grad = finite.clone()
+        grad[1, 2] = bad
+        assert not train_module.all_finite(torch.tensor(1.0), (finite, grad))
+    assert not train_module.all_finite(torch.tensor(float("nan")), (finite,))
+    # +inf and -inf in one tensor sum to NaN: still caught
+    mixed = finite.clone()
+    mixed[0, 0], mixed[0, 1] = float("inf"), float("-inf")
+    assert not train_module.all_finite(torch.tensor(1.0), (mixed,))
+    # finite elements whose sum overflows fp32 count as non-finite
+    assert not train_module.all_finite(torch.tensor(1.0), (torch.full((4,), 3e38),))
+    assert train_module.all_finite(torch.tensor(1.0), (torch.full((4,), 3e37, dtype=torch.bfloat16),))

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from purer.errors import PurerError
+from purer.hostmem import retain_freed_memory
 from purer.tracking import setup_logging
 
 # subcommand -> module in purer.cli providing add_arguments(parser) and run(args) -> None
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
+    retain_freed_memory()  # no page-fault storm from per-iteration tensors (purer/hostmem.py)
     try:
         args._run(args)
     except PurerError as exc:

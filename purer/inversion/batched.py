@@ -21,13 +21,18 @@ reproduces the reference code, teacher at position j of K (in the ``teachers`` o
 Precision and memory format: see :class:`ResidentPool` (bf16 is an explicit cast under ``vmap``,
 autocast in the loop; channels-last applies to the loop only).
 
+Compilation (``compile=True``, the loop only): each group gets one ``torch.compile``-d graph of a
+teacher's whole loss (forward with BN-statistic recording, the four terms), called with that
+teacher's parameters and buffers through ``functional_call``; its backward is compiled with it. On
+CPU this fuses the memory-bound work around the convolutions (BatchNorm, ReLU, pooling, statistics
+and their backward), which is most of the data step (benchmarks/README.md).
+
 The stacked tensors are the storage: after stacking, each resident module's parameters and buffers
 are re-pointed to views of them, so the pool is held in memory once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import weakref
@@ -77,11 +82,13 @@ class _Group:
 
 @dataclass(frozen=True)
 class _Tables:
-    """Per-data index tables: each teacher's domain, rows [B] and relative targets [B]."""
+    """Per-data index tables: each teacher's domain, rows [B], relative targets [B], and its rows as
+    a (start, length) span when they are consecutive (class-major data: a teacher's block of classes)."""
 
     domains: list[Any]
     rows: list[torch.Tensor]
     targets: list[torch.Tensor]
+    spans: list[tuple[int, int] | None]
 
 
 def group_key(entry: Any) -> tuple:
@@ -115,6 +122,8 @@ class ResidentPool:
             batch norm under ``vmap`` supports no other format (on CUDA: "NYI: querying
             is_contiguous inside of vmap").
         loaded: already loaded ``(entry, module)`` pairs (frozen, eval mode), instead of loading.
+        compile: run each teacher of the per-teacher loop through its group's compiled loss graph
+            (``torch.compile``, built at the first call; the vmapped path stays eager).
 
     Attributes:
         teachers: the teacher entries, in pool order.
@@ -128,6 +137,7 @@ class ResidentPool:
         precision: str = "fp32",
         channels_last: bool = False,
         loaded: Sequence[tuple[Any, nn.Module]] | None = None,
+        compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision: unknown {precision!r} (valid: {list(PRECISIONS)})")
@@ -146,6 +156,8 @@ class ResidentPool:
         if channels_last:
             for module in self.modules:
                 module.to(memory_format=torch.channels_last)
+        self.compile = compile
+        self._compiled: dict[tuple[int, InversionConfig], Any] = {}
         self._tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         logger.info("resident pool: %d teachers in %d vmapped groups", self.n_teachers, len(self.groups))
 
@@ -184,7 +196,7 @@ class ResidentPool:
                 rows.append(domain.rows(entry.classes))
                 spc = domain.images_per_class
                 targets.append(torch.arange(len(entry.classes), device=domain.device).repeat_interleave(spc))
-            tables = _Tables(domains, rows, targets)
+            tables = _Tables(domains, rows, targets, [_span(r) for r in rows])  # one host read, once
             self._tables[data] = tables
         return tables
 
@@ -195,14 +207,6 @@ class ResidentPool:
         if not order or len(set(order)) != len(order) or not all(0 <= t < self.n_teachers for t in order):
             raise ConfigError(f"teachers: expected distinct positions in 0..{self.n_teachers - 1}, got {list(order)}")
         return order
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _format(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def _jittered(self, tables: _Tables, positions: list[int], shifts: list[tuple[int, int]]) -> torch.Tensor:
         """The teachers' slices, each rolled by its own shift, stacked: [T, B, C, H, W]."""
@@ -287,13 +291,72 @@ class ResidentPool:
         sums = dict.fromkeys(TERM_NAMES, 0.0)
         total = 0.0
         for j, position in enumerate(order):
-            x = self._format(roll(slices[j], shifts[j]))
-            with record_bn_stats() as stats, self._autocast():
-                logits = self.modules[position](x)
-            terms = inversion_terms(logits, tables.targets[position], x, stats, config)
+            terms = self.teacher_terms(position, roll(slices[j], shifts[j]), tables.targets[position], config)
             total = total + weights[j] * terms["total"]
             sums = {k: sums[k] + terms[k].detach() for k in TERM_NAMES}
         return total, _log_terms(sums, total, len(order))
+
+    def teacher_terms(
+        self, position: int, x: torch.Tensor, targets: torch.Tensor, config: InversionConfig
+    ) -> Terms:
+        """One teacher's inversion terms on its jittered slice x [B, C, H, W] (targets [B]).
+
+        Eager, or (``compile``) through the compiled graph of the teacher's group.
+        """
+        if not self.compile:
+            return _loop_terms(self.modules[position], config, self.precision, self.channels_last, x, targets)
+        slot = next(index for index, group in enumerate(self.groups) if position in group.slot)
+        key = (slot, config)
+        if key not in self._compiled:
+            base = self.modules[self.groups[slot].members[0]]
+            self._compiled[key] = torch.compile(
+                partial(_functional_loop_terms, base, config, self.precision, self.channels_last),
+                dynamic=False,
+            )
+            logger.info("compiling the inversion loss of teacher group %d (once per run)", slot)
+        module = self.modules[position]
+        return self._compiled[key](dict(module.named_parameters()), dict(module.named_buffers()), x, targets)
+
+
+def _loop_terms(
+    forward: Any,
+    config: InversionConfig,
+    precision: str,
+    channels_last: bool,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+) -> Terms:
+    """One teacher's terms in the loop: ``forward`` (a module or a functional call) under autocast
+    (bf16) and channels-last as configured, BN statistics recorded; the image terms use x itself."""
+    x_in = x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+    with (
+        record_bn_stats() as stats,
+        torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+    ):
+        logits = forward(x_in)
+    return inversion_terms(logits, targets, x, stats, config)
+
+
+def _functional_loop_terms(
+    base: nn.Module,
+    config: InversionConfig,
+    precision: str,
+    channels_last: bool,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+) -> Terms:
+    """:func:`_loop_terms` of ``base`` run with a teacher's ``params``/``buffers`` (what is compiled)."""
+    return _loop_terms(
+        partial(functional_call, base, (params, buffers)), config, precision, channels_last, x, targets
+    )
+
+
+def _span(rows: torch.Tensor) -> tuple[int, int] | None:
+    """(start, length) if ``rows`` [B] is start, start+1, ..., else None."""
+    values = rows.tolist()
+    return (values[0], len(values)) if values == list(range(values[0], values[0] + len(values))) else None
 
 
 def _gathered(tables: _Tables, order: list[int]) -> list[torch.Tensor]:
@@ -301,6 +364,9 @@ def _gathered(tables: _Tables, order: list[int]) -> list[torch.Tensor]:
 
     Same values as gathering each teacher's rows separately; the backward then fills one zero
     gradient of a domain's image tensor (and accumulates into it once) instead of one per teacher.
+    When the picked teachers' spans follow each other (all teachers of class-major data, in pool
+    order), the slices are views of one narrow instead: no gather, and a cheap backward (the
+    accumulating scatter of a gather's backward is the slower kernel on CPU).
     """
     slices: list[torch.Tensor | None] = [None] * len(order)
     by_domain: dict[int, list[int]] = {}
@@ -309,7 +375,11 @@ def _gathered(tables: _Tables, order: list[int]) -> list[torch.Tensor]:
     for picked in by_domain.values():
         rows = [tables.rows[order[j]] for j in picked]
         images = tables.domains[order[picked[0]]].images
-        parts = images[torch.cat(rows)].split([len(r) for r in rows])
+        spans = [tables.spans[order[j]] for j in picked]
+        if all(spans) and all(a[0] + a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False)):
+            parts = images.narrow(0, spans[0][0], sum(length for _, length in spans)).split([n for _, n in spans])
+        else:
+            parts = images[torch.cat(rows)].split([len(r) for r in rows])
         for j, part in zip(picked, parts, strict=True):
             slices[j] = part
     return slices

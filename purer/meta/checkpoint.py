@@ -70,7 +70,7 @@ def fingerprint(config: ExperimentConfig, method: str, n_shot: int, seed: int, t
         "format": CHECKPOINT_FORMAT, "method": method, "n_shot": n_shot, "seed": seed, "meta_train": meta_train,
         "validation": {"dataset": config.pool.datasets[0], "inner_steps": config.meta_test.inner_steps,
                        "inner_lr": config.meta_test.inner_lr, "episode_seed": config.seed},
-        "precision": config.precision, "channels_last": config.channels_last,
+        "precision": config.precision, "channels_last": config.channels_last, "compile": config.compile,
         "teachers": [{"index": t.index, "architecture": t.architecture, "checkpoint": str(t.checkpoint),
                       "classes": list(t.classes), "sha256": file_digest(t.checkpoint)} for t in teachers],
         "code": code_digest(),

@@ -3,8 +3,9 @@
 All learners work on a ``{name: tensor}`` parameter dict through ``torch.func.functional_call``,
 so the same meta model serves every episode and the outer gradient flows back to the dict.
 
-- MAML adapts every parameter with ``inner_steps`` SGD steps on the support cross-entropy;
-  ``create_graph=True`` keeps second-order terms (first-order MAML passes ``False``).
+- MAML adapts every parameter with ``inner_steps`` SGD steps on the support cross-entropy
+  (``torch.func.grad``); ``create_graph=True`` keeps second-order terms (first-order MAML
+  passes ``False``).
 - ANIL adapts only the linear head (``head.*``).
 - ProtoNet has no inner loop: class prototypes are mean support features, logits are negative
   squared Euclidean distances.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -94,16 +96,25 @@ class GradientLearner:
     ) -> AdaptedState:
         """θ' ← θ' − α ∇ CE(f_θ'(support_x), support_y), ``steps`` times.
 
-        ``create_graph`` keeps the graph of the inner gradients (second-order MAML); it is
-        forced off for first-order learners.
+        The inner gradient is ``torch.func.grad``: differentiable by the outer autograd (the
+        second-order terms of MAML) unless ``create_graph`` is False or the learner is
+        first-order, in which case it is detached. Being a function transform, it also traces
+        under ``torch.compile`` (one graph for the whole episode) and needs no ``requires_grad``
+        on ``params``.
         """
         create_graph = create_graph and not self.first_order
         names = self.adapted_names(params)
         fast = dict(params)
         for _ in range(steps):
-            loss = F.cross_entropy(logits(model, fast, support_x), support_y)
-            grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=create_graph)
-            fast.update({n: fast[n] - self.inner_lr * g for n, g in zip(names, grads, strict=True)})
+            frozen = {n: t for n, t in fast.items() if n not in names}
+
+            def support_loss(adapted: Params, frozen: Params = frozen) -> torch.Tensor:
+                return F.cross_entropy(logits(model, frozen | adapted, support_x).float(), support_y)
+
+            grads = torch.func.grad(support_loss)({n: fast[n] for n in names})
+            if not create_graph:
+                grads = {n: g.detach() for n, g in grads.items()}
+            fast.update({n: fast[n] - self.inner_lr * grads[n] for n in names})
         return AdaptedState(fast)
 
     def predict(self, model: nn.Module, state: AdaptedState, query_x: torch.Tensor) -> torch.Tensor:
@@ -179,3 +190,44 @@ def episode_loss(
     loss = F.cross_entropy(query_logits, episode.query_y)
     accuracy = (query_logits.argmax(dim=1) == episode.query_y).float().mean()
     return loss, accuracy.detach()
+
+
+EpisodeFn = Callable[
+    [Params, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
+]
+
+
+def episode_loss_fn(
+    learner: GradientLearner | ProtoNet,
+    model: nn.Module,
+    steps: int,
+    channels_last: bool = False,
+    compile: bool = False,
+) -> EpisodeFn:
+    """:func:`episode_loss` (with ``create_graph=True``) as ``fn(params, support_x, support_y,
+    query_x, query_y) -> (loss, accuracy)``.
+
+    ``channels_last`` converts the episode images to channels-last memory (same values).
+    ``compile`` wraps the whole episode (forward, inner ``torch.func.grad``, query loss) in one
+    ``torch.compile`` graph; the outer backward, second-order terms included, is compiled with it.
+    The first call per episode shape pays the compilation.
+    """
+    fn = partial(_episode_from_tensors, learner, model, steps, channels_last)
+    return torch.compile(fn, dynamic=False) if compile else fn
+
+
+def _episode_from_tensors(
+    learner: GradientLearner | ProtoNet,
+    model: nn.Module,
+    steps: int,
+    channels_last: bool,
+    params: Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if channels_last:
+        support_x = support_x.contiguous(memory_format=torch.channels_last)
+        query_x = query_x.contiguous(memory_format=torch.channels_last)
+    return episode_loss(learner, model, params, Episode(support_x, support_y, query_x, query_y), steps)

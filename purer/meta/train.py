@@ -52,10 +52,11 @@ from purer.meta import checkpoint as ckpt
 from purer.meta.evaluate import evaluate
 from purer.meta.init import MetaModelSpec, initial_meta_model, meta_model_spec
 from purer.meta.learners import (
+    EpisodeFn,
     GradientLearner,
     ProtoNet,
     build_learner,
-    episode_loss,
+    episode_loss_fn,
     meta_parameters,
 )
 from purer.models.pool import Manifest, load_manifest, load_pool
@@ -117,6 +118,7 @@ class State:
     val_seconds: float = 0.0
     resumed_from: int | None = None
     best_model: dict[str, Any] | None = None  # the meta_model.pt payload (rewritten on resume if deleted)
+    episode_fn: EpisodeFn | None = None  # the meta step's episode loss (compiled with ``compile``)
 
 
 def meta_train(
@@ -222,7 +224,7 @@ def build_state(run: Run) -> State:
     mt, device = run.mt, run.device
     loaded = load_pool(run.manifest, device)
     pool = ResidentPool(device=device, precision=run.config.precision, channels_last=run.config.channels_last,
-                        loaded=loaded)
+                        loaded=loaded, compile=run.config.compile)
     model = initial_meta_model(run.spec, mt.init, loaded, run.seed, device, hint=INIT_HINT)
     model.requires_grad_(False)  # the trained parameters are ``params`` (functional calls)
     params = meta_parameters(model)
@@ -231,8 +233,11 @@ def build_state(run: Run) -> State:
                                   device)
     generators = {name: make_generator(run.seed, name, device=device if where == "device" else "cpu")
                   for name, where in GENERATORS.items()}
-    return State(model, params, _learner(run), torch.optim.Adam(params.values(), lr=mt.outer_lr), pool, data,
-                 GradientSwitch.from_config(mt.curriculum, mt.iterations, enabled=run.method == "purer"), generators)
+    learner = _learner(run)
+    episode_fn = episode_loss_fn(learner, model, mt.learner.inner_steps, run.config.channels_last, run.config.compile)
+    return State(model, params, learner, torch.optim.Adam(params.values(), lr=mt.outer_lr, fused=True), pool, data,
+                 GradientSwitch.from_config(mt.curriculum, mt.iterations, enabled=run.method == "purer"), generators,
+                 episode_fn=episode_fn)
 
 
 def train(run: Run) -> dict[str, Any]:
@@ -348,9 +353,14 @@ def teacher_subset(run: Run, state: State) -> list[int] | None:
 
 
 def all_finite(loss: torch.Tensor, grads: tuple[torch.Tensor | None, ...]) -> bool:
-    """Whether the loss and every image gradient are finite (one synchronisation)."""
-    checks = [torch.isfinite(loss).all()] + [torch.isfinite(g).all() for g in grads if g is not None]
-    return bool(torch.stack(checks).all())
+    """Whether the loss and every image gradient are finite (one synchronisation).
+
+    A gradient is checked through its sum (one reduction pass instead of an elementwise test): a
+    NaN or ±Inf element makes the sum non-finite, and a sum that overflows fp32 is treated as
+    non-finite too.
+    """
+    sums = [loss.detach().float().reshape(())] + [g.sum(dtype=torch.float32) for g in grads if g is not None]
+    return bool(torch.isfinite(torch.stack(sums)).all())
 
 
 def handle_nonfinite(run: Run, iteration: int, terms: dict[str, torch.Tensor], reversed_on: bool) -> None:
@@ -376,8 +386,8 @@ def meta_step(run: Run, state: State) -> tuple[torch.Tensor, torch.Tensor]:
     for _ in range(mt.meta_batch_size):
         episode = state.data.sample_episode(mt.n_way, run.n_shot, mt.n_query, state.generators["episodes"],
                                             detach=True, size=run.spec.input_size, channels=run.spec.channels)
-        loss, accuracy = episode_loss(state.learner, state.meta_model, state.params, episode,
-                                      mt.learner.inner_steps, create_graph=True)
+        loss, accuracy = state.episode_fn(state.params, episode.support_x, episode.support_y, episode.query_x,
+                                          episode.query_y)
         loss.backward()  # accumulates into .grad: the gradient of the summed outer losses
         losses.append(loss.detach())
         accuracies.append(accuracy)

@@ -14,7 +14,6 @@ is how the batched inversion loss gets its BatchNorm statistics explicitly.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from torch import nn
 
 from purer.errors import ConfigError
 
-_STATS_SINK: contextvars.ContextVar[list | None] = contextvars.ContextVar("bn_stats_sink", default=None)
+_STATS_SINKS: list[list[BNStats]] = []  # a stack: the innermost record_bn_stats block collects
 
 
 @dataclass(frozen=True)
@@ -39,25 +38,61 @@ class BNStats:
 
 @contextlib.contextmanager
 def record_bn_stats() -> Iterator[list[BNStats]]:
-    """Collect a :class:`BNStats` per BatchNorm layer, in forward order, for forwards in the block."""
+    """Collect a :class:`BNStats` per BatchNorm layer, in forward order, for forwards in the block.
+
+    The sinks are a plain module-level stack (not a ``ContextVar``) so that ``torch.compile``
+    traces the recording without a graph break.
+    """
     sink: list[BNStats] = []
-    token = _STATS_SINK.set(sink)
+    _STATS_SINKS.append(sink)
     try:
         yield sink
     finally:
-        _STATS_SINK.reset(token)
+        _STATS_SINKS.pop()
+
+
+class ChannelStats(torch.autograd.Function):
+    """Per-channel mean and biased variance of x [B, C, H, W] over (B, H, W), with a fused backward.
+
+    Same values as ``x.mean((0, 2, 3))`` and ``x.var((0, 2, 3), unbiased=False)`` (two-pass, on
+    rows [B·H·W, C]: a view in channels-last memory), but autograd's generic backward of that pair
+    makes four passes over x; this one makes one:
+    dL/dx = g_mean / n + g_var · 2 (x − mean) / n, with n = B·H·W.
+    Works under ``torch.func.vmap`` (generated rule) and ``torch.compile``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        mean = rows.mean(dim=0)
+        return mean, (rows - mean).square().mean(dim=0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(inputs[0], output[0])
+
+    @staticmethod
+    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        x, mean = ctx.saved_tensors
+        n, shape = x.numel() // x.shape[1], (1, -1, 1, 1)
+        deviation = x - mean.view(shape)
+        return torch.addcmul((grad_mean / n).view(shape), deviation, (grad_var * (2.0 / n)).view(shape))
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean [C], biased variance [C]) of x [B, C, H, W] in fp32, differentiable."""
+    return ChannelStats.apply(x.float())
 
 
 class RecordingBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that reports its input statistics inside :func:`record_bn_stats`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sink = _STATS_SINK.get()
-        if sink is not None:
-            x32 = x.float()
-            mean = x32.mean(dim=(0, 2, 3))
-            var = x32.var(dim=(0, 2, 3), unbiased=False)
-            sink.append(BNStats(mean, var, self.running_mean, self.running_var))
+        if _STATS_SINKS:
+            mean, var = channel_stats(x)
+            _STATS_SINKS[-1].append(BNStats(mean, var, self.running_mean, self.running_var))
         return super().forward(x)
 
 

@@ -109,7 +109,7 @@ def code(*modules):
 
 
 # Package modules each step runs, beyond the shared infrastructure (config, io, paths, seeding, runinfo,
-# tracking, errors, cli/common, cli/main). tests/test_workflow.py checks these lists against the
+# tracking, errors, hostmem, cli/common, cli/main). tests/test_workflow.py checks these lists against the
 # import graph of each step's CLI module.
 SOURCE_MODULES = {
     "glyphs": ["data/glyphs.py"],
