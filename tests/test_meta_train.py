@@ -336,18 +336,42 @@ def test_teacher_batching_picks_the_inversion_path(pool, tmp_path, monkeypatch, 
     assert calls == [expected, expected]
 
 
-def test_all_finite_flags_nan_inf_and_overflow():
+def test_finite_flag_catches_nan_inf_and_overflow():
+    def flag(loss, grads):
+        result = train_module.finite_flag(loss, grads)
+        assert result.dtype == torch.bool and result.dim() == 0  # stays a device tensor (no sync)
+        return bool(result)
+
     finite = torch.ones(3, 4)
-    assert train_module.all_finite(torch.tensor(1.0), (finite, None))
+    assert flag(torch.tensor(1.0), (finite, None))
     for bad in (float("nan"), float("inf"), float("-inf")):
         grad = finite.clone()
         grad[1, 2] = bad
-        assert not train_module.all_finite(torch.tensor(1.0), (finite, grad))
-    assert not train_module.all_finite(torch.tensor(float("nan")), (finite,))
+        assert not flag(torch.tensor(1.0), (finite, grad))
+    assert not flag(torch.tensor(float("nan")), (finite,))
     # +inf and -inf in one tensor sum to NaN: still caught
     mixed = finite.clone()
     mixed[0, 0], mixed[0, 1] = float("inf"), float("-inf")
-    assert not train_module.all_finite(torch.tensor(1.0), (mixed,))
+    assert not flag(torch.tensor(1.0), (mixed,))
     # finite elements whose sum overflows fp32 count as non-finite
-    assert not train_module.all_finite(torch.tensor(1.0), (torch.full((4,), 3e38),))
-    assert train_module.all_finite(torch.tensor(1.0), (torch.full((4,), 3e37, dtype=torch.bfloat16),))
+    assert not flag(torch.tensor(1.0), (torch.full((4,), 3e38),))
+    assert flag(torch.tensor(1.0), (torch.full((4,), 3e37, dtype=torch.bfloat16),))
+
+
+def test_found_inf_skips_the_image_step_on_the_device():
+    """The images' fused Adam with ``found_inf = 1`` leaves images, moments and step count alone;
+    with 0 it steps as usual."""
+    images = torch.nn.Parameter(torch.randn(4, 1, 2, 2))
+    optimizer = torch.optim.Adam([images], lr=0.25, fused=True)
+    images.grad = torch.ones_like(images)
+    optimizer.found_inf = torch.tensor(0.0)
+    optimizer.step()
+    after_one = images.detach().clone()
+    state = {k: v.clone() for k, v in optimizer.state[images].items()}
+    images.grad = torch.full_like(images, float("nan"))
+    optimizer.found_inf = torch.tensor(1.0)
+    optimizer.step()
+    assert torch.equal(images.detach(), after_one)
+    for key, value in optimizer.state[images].items():
+        assert torch.equal(value, state[key]), key
+    assert float(optimizer.state[images]["step"]) == 1.0

@@ -293,9 +293,17 @@ def train_iteration(run: Run, state: State, iteration: int) -> dict[str, Any]:
     """
     start = time.perf_counter()
     state.iteration = iteration
-    terms, switched = data_step(run, state, iteration)
+    terms, reversed_on = data_step(run, state, iteration)
     loss_outer, accuracy = meta_step(run, state)
-    values = torch.stack([loss_outer, accuracy] + [terms[k] for k in CURVE_TERMS.values()]).tolist()  # the sync
+    logged = [loss_outer, accuracy, terms["finite"].float()] + [terms[k] for k in CURVE_TERMS.values()]
+    values = torch.stack(logged).tolist()  # the iteration's one host-device synchronisation
+    finite = values.pop(2) == 1.0
+    if not finite:  # the image step was skipped on the device; stop, or log it and go on
+        handle_nonfinite(run, iteration, terms, reversed_on)
+        values[2 + list(CURVE_TERMS).index("loss_adv")] = float("nan")
+    switched = reversed_on and finite
+    if switched:
+        state.switch.consume()  # a skipped step leaves the switch on: the reversed step is retried
     state.switch.observe(iteration, values[1])
     record = {"iteration": iteration, "seconds": time.perf_counter() - start, "loss_outer": values[0],
               "train_accuracy": values[1], "switch": switched}
@@ -312,11 +320,15 @@ def inversion_loss_fn(run: Run, state: State):
 
 
 def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.Tensor], bool]:
-    """One Adam step on the images (algorithm.md §2.6).
+    """One Adam step on the images (algorithm.md §2.6), without a host-device synchronisation.
+
+    A non-finite loss or image gradient makes the fused Adam kernel skip the step on the device
+    (its ``found_inf`` flag, as under AMP gradient scaling); :func:`train_iteration` reports it
+    after the iteration's one synchronisation.
 
     Returns:
-        The detached logging terms (``adv`` is NaN without a reversed step) and whether the
-        reversed outer loss was part of the step.
+        The detached logging terms (``adv`` is NaN without a reversed step) plus ``finite`` (0-d
+        bool: the step was taken), and whether the reversed outer loss was part of the loss.
     """
     mt = run.mt
     loss, terms = inversion_loss_fn(run, state)(state.data, state.generators["jitter"], mt.inversion,
@@ -331,17 +343,13 @@ def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.T
         loss = loss + adv
     images = state.data.parameters()
     grads = torch.autograd.grad(loss, images, allow_unused=True)  # the images only (algorithm.md §8.5)
-    terms = dict(terms) | {"adv": adv.detach()}
-    if not all_finite(loss, grads):  # the step's one synchronisation
-        handle_nonfinite(run, iteration, terms, reversed_on)
-        # a skipped step leaves the switch on: the reversed step is retried at the next iteration
-        return terms | {"adv": torch.full_like(terms["adv"], float("nan"))}, False
+    finite = finite_flag(loss, grads)
     for image, grad in zip(images, grads, strict=True):
         image.grad = grad
+    state.data.optimizer.found_inf = (~finite).float()  # read by the fused Adam kernel: skip if 1
     state.data.optimizer.step()
     state.data.optimizer.zero_grad(set_to_none=True)
-    state.switch.consume()
-    return terms, reversed_on
+    return dict(terms) | {"adv": adv.detach(), "finite": finite}, reversed_on
 
 
 def teacher_subset(run: Run, state: State) -> list[int] | None:
@@ -352,15 +360,15 @@ def teacher_subset(run: Run, state: State) -> list[int] | None:
     return sorted(torch.randperm(n, generator=state.generators["teachers"])[:k].tolist())
 
 
-def all_finite(loss: torch.Tensor, grads: tuple[torch.Tensor | None, ...]) -> bool:
-    """Whether the loss and every image gradient are finite (one synchronisation).
+def finite_flag(loss: torch.Tensor, grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+    """0-d bool on the device: the loss and every image gradient are finite (no synchronisation).
 
     A gradient is checked through its sum (one reduction pass instead of an elementwise test): a
     NaN or ±Inf element makes the sum non-finite, and a sum that overflows fp32 is treated as
     non-finite too.
     """
     sums = [loss.detach().float().reshape(())] + [g.sum(dtype=torch.float32) for g in grads if g is not None]
-    return bool(torch.isfinite(torch.stack(sums)).all())
+    return torch.isfinite(torch.stack(sums)).all()
 
 
 def handle_nonfinite(run: Run, iteration: int, terms: dict[str, torch.Tensor], reversed_on: bool) -> None:
