@@ -375,3 +375,13 @@ def test_found_inf_skips_the_image_step_on_the_device():
     for key, value in optimizer.state[images].items():
         assert torch.equal(value, state[key]), key
     assert float(optimizer.state[images]["step"]) == 1.0
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(monkeypatch):
+    train_module.require_compiler(False, torch.device("cpu"))  # nothing to check
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"^compile: true needs a C\+\+ compiler on CPU .*set compile: false$"):
+        train_module.require_compiler(True, torch.device("cpu"))
+    monkeypatch.setattr(train_module.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    train_module.require_compiler(True, torch.device("cpu"))

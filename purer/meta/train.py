@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,9 +221,24 @@ def baseline(run: Run) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def require_compiler(compile: bool, device: torch.device) -> None:
+    """``compile: true`` on CPU needs a C++ compiler (torch's inductor builds kernels with it).
+
+    Raises:
+        ConfigError: naming the key, when no ``$CXX``, ``g++``, ``c++`` or ``clang++`` is on PATH.
+    """
+    if not compile or torch.device(device).type != "cpu":
+        return
+    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(name and shutil.which(name) for name in candidates):
+        raise ConfigError("compile: true needs a C++ compiler on CPU (none of $CXX, g++, c++, clang++ is on PATH); "
+                          "install one or set compile: false")
+
+
 def build_state(run: Run) -> State:
     """Resident pool, meta model (``meta_train.init``), dynamic dataset, switch, generators."""
     mt, device = run.mt, run.device
+    require_compiler(run.config.compile, device)
     loaded = load_pool(run.manifest, device)
     pool = ResidentPool(device=device, precision=run.config.precision, channels_last=run.config.channels_last,
                         loaded=loaded, compile=run.config.compile)
