@@ -249,9 +249,9 @@ class Bench:
     def __init__(self, scenario: Scenario, variant: Variant, device: str, folder: Path) -> None:
         import torch
 
-        from purer.meta import train
+        from purer.meta import steps, train
 
-        self.torch, self.train = torch, train
+        self.torch, self.train = torch, steps
         self.scenario, self.variant, self.device = scenario, variant, torch.device(device)
         self.entries = make_entries(scenario, folder, device)
         self.run = make_run(scenario, variant, self.entries, folder, device)

@@ -17,6 +17,7 @@ from purer.config import load_config
 from purer.data.cache import save_split
 from purer.errors import ConfigError, PurerError
 from purer.inversion.batched import ResidentPool
+from purer.meta import steps as steps_module
 from purer.meta import train as train_module
 from purer.meta.checkpoint import grid_iterations
 from purer.meta.evaluate import load_meta_model
@@ -338,7 +339,7 @@ def test_teacher_batching_picks_the_inversion_path(pool, tmp_path, monkeypatch, 
 
 def test_finite_flag_catches_nan_inf_and_overflow():
     def flag(loss, grads):
-        result = train_module.finite_flag(loss, grads)
+        result = steps_module.finite_flag(loss, grads)
         assert result.dtype == torch.bool and result.dim() == 0  # stays a device tensor (no sync)
         return bool(result)
 

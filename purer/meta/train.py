@@ -5,7 +5,7 @@ Methods: ``purer`` (ECI: the dynamic dataset inverted from the pool plus the gra
 random initialisation is the meta model) and ``average`` (no meta-training: the FedAvg of the
 teachers, one architecture only).
 
-One meta-iteration (algorithm.md §2.8):
+One meta-iteration (algorithm.md §2.8; the steps are in :mod:`purer.meta.steps`):
 
 1. **data step**: the inversion loss of the pool (``teachers_per_step`` teachers if set), plus the
    reversed outer loss of a fresh non-detached pseudo episode when the switch is on; one Adam step
@@ -18,8 +18,8 @@ One meta-iteration (algorithm.md §2.8):
 
 Randomness comes from separate generators: ``data_init`` (initial images, CPU), ``episodes`` and
 ``adv_episodes`` (training and reversed-step episodes, on the device), ``jitter`` and ``teachers``
-(CPU: they yield Python ints). Tensors stay on the device; an iteration synchronises twice: once
-to decide whether the data step is finite, once to write its curve line.
+(CPU: they yield Python ints). Tensors stay on the device; an iteration synchronises once, to
+write its curve line, feed the switch and report a skipped (non-finite) data step.
 
 Validation uses fixed episodes of the first pool dataset's ``val`` split (seeded with the
 experiment seed, so every method and seed is selected on the same tasks) and the meta-test
@@ -45,9 +45,9 @@ from purer import paths
 from purer.config import ExperimentConfig, MetaTrainConfig
 from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes
-from purer.errors import ConfigError, PurerError
+from purer.errors import ConfigError
 from purer.inversion.batched import ResidentPool
-from purer.inversion.curriculum import GradientSwitch, reversed_outer_loss
+from purer.inversion.curriculum import GradientSwitch
 from purer.inversion.dataset import PseudoData
 from purer.io import append_jsonl, remove_stale_temporaries, save_torch
 from purer.meta import checkpoint as ckpt
@@ -61,6 +61,7 @@ from purer.meta.learners import (
     episode_loss_fn,
     meta_parameters,
 )
+from purer.meta.steps import data_step, handle_nonfinite, meta_step
 from purer.models.pool import Manifest, load_manifest, load_pool
 from purer.models.pretrain import resolve_device
 from purer.runinfo import write_run_info
@@ -327,97 +328,6 @@ def train_iteration(run: Run, state: State, iteration: int) -> dict[str, Any]:
     for name, value in zip(CURVE_TERMS, values[2:], strict=True):
         record[name] = value if math.isfinite(value) else None
     return record
-
-
-def inversion_loss_fn(run: Run, state: State):
-    """The vmapped pool loss or the per-teacher loop (same maths): vmap wins on GPU, the loop on CPU."""
-    mode = run.mt.inversion.teacher_batching
-    use_vmap = mode == "vmap" or (mode == "auto" and torch.device(run.device).type == "cuda")
-    return state.pool.inversion_loss if use_vmap else state.pool.reference_inversion_loss
-
-
-def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.Tensor], bool]:
-    """One Adam step on the images (algorithm.md §2.6), without a host-device synchronisation.
-
-    A non-finite loss or image gradient makes the fused Adam kernel skip the step on the device
-    (its ``found_inf`` flag, as under AMP gradient scaling); :func:`train_iteration` reports it
-    after the iteration's one synchronisation.
-
-    Returns:
-        The detached logging terms (``adv`` is NaN without a reversed step) plus ``finite`` (0-d
-        bool: the step was taken), and whether the reversed outer loss was part of the loss.
-    """
-    mt = run.mt
-    loss, terms = inversion_loss_fn(run, state)(state.data, state.generators["jitter"], mt.inversion,
-                                                teacher_subset(run, state))
-    adv = torch.full((), float("nan"), device=run.device)
-    reversed_on = state.switch.is_on
-    if reversed_on:
-        episode = state.data.sample_episode(mt.n_way, run.n_shot, mt.n_query, state.generators["adv_episodes"],
-                                            detach=False, size=run.spec.input_size, channels=run.spec.channels)
-        adv = reversed_outer_loss(state.learner, state.meta_model, state.params, episode, mt.learner.inner_steps,
-                                  mt.curriculum.adv_scale)
-        loss = loss + adv
-    images = state.data.parameters()
-    grads = torch.autograd.grad(loss, images, allow_unused=True)  # the images only (algorithm.md §8.5)
-    finite = finite_flag(loss, grads)
-    for image, grad in zip(images, grads, strict=True):
-        image.grad = grad
-    state.data.optimizer.found_inf = (~finite).float()  # read by the fused Adam kernel: skip if 1
-    state.data.optimizer.step()
-    state.data.optimizer.zero_grad(set_to_none=True)
-    return dict(terms) | {"adv": adv.detach(), "finite": finite}, reversed_on
-
-
-def teacher_subset(run: Run, state: State) -> list[int] | None:
-    """``teachers_per_step`` pool positions drawn without replacement (ascending), or None (all)."""
-    k, n = run.mt.inversion.teachers_per_step, len(run.manifest.teachers)
-    if k is None or k >= n:
-        return None
-    return sorted(torch.randperm(n, generator=state.generators["teachers"])[:k].tolist())
-
-
-def finite_flag(loss: torch.Tensor, grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
-    """0-d bool on the device: the loss and every image gradient are finite (no synchronisation).
-
-    A gradient is checked through its sum (one reduction pass instead of an elementwise test): a
-    NaN or ±Inf element makes the sum non-finite, and a sum that overflows fp32 is treated as
-    non-finite too.
-    """
-    sums = [loss.detach().float().reshape(())] + [g.sum(dtype=torch.float32) for g in grads if g is not None]
-    return torch.isfinite(torch.stack(sums)).all()
-
-
-def handle_nonfinite(run: Run, iteration: int, terms: dict[str, torch.Tensor], reversed_on: bool) -> None:
-    """Raise a PurerError naming the iteration and the term (``stop``), or log a warning (``skip``)."""
-    names = ("ce", "tv", "bn", "l2") + (("adv",) if reversed_on else ())
-    bad = [name for name in names if not bool(torch.isfinite(terms[name]))] or ["the image gradient"]
-    what = f"the data loss is not finite at meta-iteration {iteration} (term {', '.join(bad)})"
-    if run.mt.inversion.on_nonfinite == "stop":
-        raise PurerError(f"meta-training {run.out_dir}: {what}; "
-                         "set meta_train.inversion.on_nonfinite: skip to skip such steps")
-    logger.warning("%s: skipping this data step", what)
-
-
-def meta_step(run: Run, state: State) -> tuple[torch.Tensor, torch.Tensor]:
-    """``meta_batch_size`` episodes, summed outer losses, one Adam step (algorithm.md §2.5).
-
-    Returns:
-        The mean outer loss and the mean query accuracy (percent) of the meta-batch, 0-d tensors.
-    """
-    mt = run.mt
-    state.optimizer.zero_grad(set_to_none=True)
-    losses, accuracies = [], []
-    for _ in range(mt.meta_batch_size):
-        episode = state.data.sample_episode(mt.n_way, run.n_shot, mt.n_query, state.generators["episodes"],
-                                            detach=True, size=run.spec.input_size, channels=run.spec.channels)
-        loss, accuracy = state.episode_fn(state.params, episode.support_x, episode.support_y, episode.query_x,
-                                          episode.query_y)
-        loss.backward()  # accumulates into .grad: the gradient of the summed outer losses
-        losses.append(loss.detach())
-        accuracies.append(accuracy)
-    state.optimizer.step()
-    return torch.stack(losses).mean(), torch.stack(accuracies).mean() * 100.0
 
 
 def validate(run: Run, state: State) -> dict[str, Any]:

@@ -124,6 +124,7 @@ CODE = {
     "meta_train": code(
         "cli/meta_train.py",
         "meta/train.py",
+        "meta/steps.py",
         "meta/checkpoint.py",
         "meta/init.py",
         "meta/learners.py",
