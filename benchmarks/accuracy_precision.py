@@ -15,7 +15,6 @@ unless ``--keep DIR``; only the CSV is written to ``benchmarks/results/``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
@@ -23,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from results_csv import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -95,11 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"seed {seed} {v}: {m['accuracy']:.2f} ± {m['ci95']:.2f} "
                       f"(vs {variants[0]}: {diff:+.2f} ± {half:.2f}), {rows[-1]['s_per_iter']} s/iter",
                       file=sys.stderr, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out, rows, list(rows[0]))
     print(f"{args.method} {args.n_shot}-shot, config {args.config}, seeds {seeds}\n")
     print("| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean (t 95%) | paired diff per seed | s/iter |")
     print("|---|" + "---|" * (len(seeds) + 3))

@@ -16,7 +16,6 @@ Writes a Markdown table to stdout and ``benchmarks/results/inversion_<device>.cs
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import resource
@@ -25,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from results_csv import write_csv
 
 CONFIGS = [  # (mode, precision, channels_last); channels-last applies to the loop only
     ("batched", "fp32", False),
@@ -159,11 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(run_worker(argv, index))
         print(f"done {CONFIGS[index]}: {rows[-1]['median_s']} s/step", file=sys.stderr, flush=True)
     out = args.out or Path(__file__).parent / "results" / f"inversion_{args.device.replace(':', '')}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out, rows, FIELDS)
     first = rows[0]
     print(f"{first['teachers']} conv4 teachers, {first['images']} images/step, device {args.device}, "
           f"{args.threads} threads, median of {args.iters} steps after {args.warmup} warm-up")  # fmt: skip

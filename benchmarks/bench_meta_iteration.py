@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
@@ -53,6 +52,8 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from results_csv import write_csv
 
 
 @dataclass(frozen=True)
@@ -331,13 +332,12 @@ class Bench:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if v.precision == "bf16" else None
         total = 0.0
         for j, position in enumerate(order):
+            x = roll(tables.domains[position].images[tables.rows[position]], shifts[j])
             if v.compile:  # the pool's compiled per-teacher graph (resident modules)
-                x = roll(tables.domains[position].images[tables.rows[position]], shifts[j])
                 terms = st.pool.teacher_terms(position, x, tables.targets[position], config)
                 total = total + weights[j] * terms["total"]
                 continue
             module = self.teacher(position)
-            x = roll(tables.domains[position].images[tables.rows[position]], shifts[j])
             if v.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with contextlib.ExitStack() as stack:
@@ -643,14 +643,6 @@ def markdown(rows: list[dict], reference: dict[str, float]) -> str:
             f"{r['load_before']:.1f}/{r['load_after']:.1f} |"
         )
     return "\n".join(lines)
-
-
-def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def report_limits(argv: list[str], args: argparse.Namespace, rows: list[dict], out: Path) -> None:

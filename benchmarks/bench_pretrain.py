@@ -21,12 +21,13 @@ Prints a Markdown table and writes ``benchmarks/results/pretrain_<device>.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from results_csv import write_csv
 
 MODES = {  # name: (precision, channels_last)
     "fp32": ("fp32", False),
@@ -142,11 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"done {architecture} {size}px {mode}: {rows[-1]['images_per_s']} images/s",
                       file=sys.stderr, flush=True)
     out = args.out or Path(__file__).parent / "results" / f"pretrain_{args.device.replace(':', '')}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out, rows, FIELDS)
     print(f"device {args.device}, {args.threads} threads, batch {args.batch_size}, torch {torch.__version__}")
     print("| architecture | size | mode | s/step (median) | gather s | gather % | images/s | load |")
     print("|---|---|---|---|---|---|---|---|")

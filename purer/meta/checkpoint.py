@@ -40,7 +40,8 @@ RUN_OUTPUTS = ("meta_model.pt", "last.pt", "checkpoint.pt", "summary.json", "cur
 # settings that never change the numbers (a resumed run may change them)
 NEUTRAL_KEYS = ("checkpoint_interval", "grid_snapshots", "snapshots")
 CODE_MODULES = (
-    "purer.meta.train", "purer.meta.steps", "purer.meta.checkpoint", "purer.meta.init", "purer.meta.learners", "purer.meta.evaluate",
+    "purer.meta.train", "purer.meta.steps", "purer.meta.checkpoint", "purer.meta.init", "purer.meta.learners",
+    "purer.meta.evaluate",
     "purer.inversion.curriculum", "purer.inversion.dataset", "purer.inversion.batched", "purer.inversion.losses",
     "purer.models.backbones", "purer.models.pool", "purer.data.episodes",
 )

@@ -20,7 +20,7 @@ from purer.inversion.curriculum import reversed_outer_loss
 if TYPE_CHECKING:
     from purer.meta.train import Run, State
 
-logger = logging.getLogger("purer.meta.train")
+logger = logging.getLogger(__name__)
 
 
 def inversion_loss_fn(run: Run, state: State):
