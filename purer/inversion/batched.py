@@ -396,11 +396,14 @@ def _teacher_terms(
 ) -> Terms:
     """One teacher's terms (runs inside vmap): forward with recorded BN statistics, then the loss.
 
-    ``dtype`` (bf16) casts the input of the forward; the terms use the fp32 ``x``.
+    ``dtype`` (bf16) casts the input of the forward (no autocast inside vmap); the terms use the
+    fp32 ``x``. The same pieces as the loop's :func:`_loop_terms`, without autocast or formats.
     """
-    with record_bn_stats() as stats:
-        logits = functional_call(base, (params, buffers), (x if dtype is None else x.to(dtype),))
-    return inversion_terms(logits, targets, x, stats, config)
+
+    def forward(x_in: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, (params, buffers), (x_in if dtype is None else x_in.to(dtype),))
+
+    return _loop_terms(forward, config, "fp32", False, x, targets)
 
 
 def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
