@@ -11,6 +11,9 @@ Defaults follow the released PURER scripts (algorithm.md §2.9) unless a comment
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +29,18 @@ from purer.errors import ConfigError
 # --------------------------------------------------------------------------------------------
 
 DatasetSource = Literal["glyphs", "mini-imagenet", "cifar-fs", "folder"]
+
+# Generous upper bounds (config/README.md, "Value ranges"): far above any paper setting, low enough
+# that a typo (an extra digit) cannot ask for an allocation of hundreds of GB.
+MAX_IMAGE_SIZE = 512  # pixels per side (paper: 32 and 84)
+MAX_WAYS = 1000  # classes per episode or teacher; glyphs classes per split
+MAX_PER_CLASS = 10_000  # images per class (glyphs instances, dynamic dataset, shots and queries)
+MAX_WIDTH = 1024  # Conv4 filters
+MAX_BATCH = 65_536  # teacher mini-batch
+MAX_EPISODES = 100_000  # fixed validation or test episodes; meta-batch episodes are capped at MAX_WAYS
+MAX_STEPS = 10_000_000  # epochs, meta-iterations, warm-up, inner and ICFIL steps
+MAX_TEACHERS = 10_000
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # one path component, as the workflow schema
 
 
 @dataclass(frozen=True)
@@ -47,14 +62,22 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         _require(self.image_size >= 8, "image_size", "at least 8", self.image_size)
+        _at_most(self, "image_size", MAX_IMAGE_SIZE)
         _require(self.channels in (None, 1, 3), "channels", "1, 3 or null", self.channels)
         for name in ("train_classes", "val_classes", "test_classes"):
             _require(getattr(self, name) >= 2, name, "at least 2", getattr(self, name))
+            _at_most(self, name, MAX_WAYS)
         _require(self.images_per_class >= 2, "images_per_class", "at least 2", self.images_per_class)
+        _at_most(self, "images_per_class", MAX_PER_CLASS)
         if (self.mean is None) != (self.std is None):
             raise ConfigError("mean and std must be given together (or both null)")
-        if self.std is not None:
+        if self.std is not None and self.mean is not None:
             _require(all(s > 0 for s in self.std), "std", "positive values", self.std)
+            for name in ("mean", "std"):
+                value = getattr(self, name)
+                _require(len(value) == (self.channels or len(value)) and len(value) in (1, 3), name,
+                         f"{self.channels or '1 or 3'} value(s), one per channel", value)
+            _require(len(self.mean) == len(self.std), "std", f"{len(self.mean)} value(s), as many as mean", self.std)
 
 
 @dataclass(frozen=True)
@@ -79,13 +102,24 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         _require(self.n_way >= 2, "n_way", "at least 2", self.n_way)
+        _at_most(self, "n_way", MAX_WAYS)
         _require(len(self.datasets) >= 1, "datasets", "at least one dataset name", self.datasets)
         _require(len(self.architectures) >= 1, "architectures", "at least one name", self.architectures)
         _require(self.epochs >= 1, "epochs", "at least 1", self.epochs)
+        _at_most(self, "epochs", MAX_STEPS)
         _require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        _at_most(self, "batch_size", MAX_BATCH)
         _require(self.lr > 0, "lr", "a positive number", self.lr)
+        _require(
+            all(m >= 1 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
+            "milestones", "increasing epochs of at least 1", self.milestones,
+        )
+        _require(0 < self.gamma <= 1, "gamma", "a decay factor in (0, 1]", self.gamma)
+        _require(self.grad_clip > 0, "grad_clip", "a positive number", self.grad_clip)
         _require(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction)
         _require(self.conv4_width >= 1, "conv4_width", "at least 1", self.conv4_width)
+        _at_most(self, "conv4_width", MAX_WIDTH)
+        _require(self.checkpoint_interval >= 1, "checkpoint_interval", "at least 1", self.checkpoint_interval)
         if self.partition == "overlapping":
             _require(
                 self.n_teachers is not None and self.n_teachers >= 1,
@@ -93,8 +127,10 @@ class PoolConfig:
                 "a positive int when partition is 'overlapping'",
                 self.n_teachers,
             )
-        if self.max_teachers is not None:
-            _require(self.max_teachers >= 1, "max_teachers", "at least 1", self.max_teachers)
+        for name in ("n_teachers", "max_teachers"):
+            if getattr(self, name) is not None:
+                _require(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+                _at_most(self, name, MAX_TEACHERS)
 
 
 @dataclass(frozen=True)
@@ -109,6 +145,7 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         _require(self.inner_lr > 0, "inner_lr", "a positive number", self.inner_lr)
         _require(self.inner_steps >= 0, "inner_steps", "0 or more", self.inner_steps)
+        _at_most(self, "inner_steps", MAX_WAYS)
 
 
 @dataclass(frozen=True)
@@ -131,12 +168,15 @@ class InversionConfig:
     def __post_init__(self) -> None:
         if self.images_per_class is not None:
             _require(self.images_per_class >= 2, "images_per_class", "at least 2", self.images_per_class)
+            _at_most(self, "images_per_class", MAX_PER_CLASS)
         _require(self.data_lr > 0, "data_lr", "a positive number", self.data_lr)
         for name in ("ce_weight", "tv_weight", "bn_weight", "l2_weight", "first_bn_multiplier"):
             _require(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
         _require(self.jitter >= 0, "jitter", "0 or more", self.jitter)
+        _at_most(self, "jitter", MAX_IMAGE_SIZE)
         if self.teachers_per_step is not None:
             _require(self.teachers_per_step >= 1, "teachers_per_step", "at least 1", self.teachers_per_step)
+            _at_most(self, "teachers_per_step", MAX_TEACHERS)
 
 
 @dataclass(frozen=True)
@@ -151,7 +191,9 @@ class CurriculumConfig:
     def __post_init__(self) -> None:
         _require(self.adv_scale >= 0, "adv_scale", "0 or more", self.adv_scale)
         _require(self.warmup >= 0, "warmup", "0 or more", self.warmup)
+        _at_most(self, "warmup", MAX_STEPS)
         _require(self.patience >= 1, "patience", "at least 1", self.patience)
+        _at_most(self, "patience", MAX_STEPS)
         if self.warmup_fraction is not None:
             _require(0 <= self.warmup_fraction <= 1, "warmup_fraction", "in [0, 1]", self.warmup_fraction)
 
@@ -180,14 +222,27 @@ class MetaTrainConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
     def __post_init__(self) -> None:
+        _require(self.meta_model_width >= 1, "meta_model_width", "at least 1", self.meta_model_width)
+        _at_most(self, "meta_model_width", MAX_WIDTH)
+        if self.input_size is not None:
+            _require(self.input_size >= 8, "input_size", "at least 8", self.input_size)
+            _at_most(self, "input_size", MAX_IMAGE_SIZE)
+        _require(self.channels in (None, 1, 3), "channels", "1, 3 or null", self.channels)
         _require(self.n_way >= 2, "n_way", "at least 2", self.n_way)
+        _at_most(self, "n_way", MAX_WAYS)
         _require(self.n_query >= 1, "n_query", "at least 1", self.n_query)
+        _at_most(self, "n_query", MAX_PER_CLASS)
         _require(self.meta_batch_size >= 1, "meta_batch_size", "at least 1", self.meta_batch_size)
+        _at_most(self, "meta_batch_size", MAX_WAYS)
         _require(self.outer_lr > 0, "outer_lr", "a positive number", self.outer_lr)
         _require(self.iterations >= 0, "iterations", "0 or more", self.iterations)
+        _at_most(self, "iterations", MAX_STEPS)
         _require(self.val_interval >= 1, "val_interval", "at least 1", self.val_interval)
         _require(self.val_episodes >= 1, "val_episodes", "at least 1", self.val_episodes)
+        _at_most(self, "val_episodes", MAX_EPISODES)
         _require(self.checkpoint_interval >= 1, "checkpoint_interval", "at least 1", self.checkpoint_interval)
+        _require(self.grid_snapshots >= 0, "grid_snapshots", "0 or more", self.grid_snapshots)
+        _at_most(self, "grid_snapshots", MAX_WAYS)
 
 
 @dataclass(frozen=True)
@@ -212,10 +267,17 @@ class IcfilConfig:
 
     def __post_init__(self) -> None:
         _require(self.pseudo_per_class >= 1, "pseudo_per_class", "at least 1", self.pseudo_per_class)
-        _require(self.inversion_steps >= 0, "inversion_steps", "0 or more", self.inversion_steps)
+        _at_most(self, "pseudo_per_class", MAX_PER_CLASS)
+        for name in ("inversion_steps", "feature_steps", "head_steps"):
+            _require(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
+            _at_most(self, name, MAX_STEPS)
         _require(self.temperature > 0, "temperature", "a positive number", self.temperature)
         for name in ("inversion_lr", "feature_lr", "head_lr"):
             _require(getattr(self, name) > 0, name, "a positive number", getattr(self, name))
+        for name in ("tv_weight", "l2_weight", "bn_weight"):
+            _require(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
+        _require(self.jitter >= 0, "jitter", "0 or more", self.jitter)
+        _at_most(self, "jitter", MAX_IMAGE_SIZE)
 
 
 @dataclass(frozen=True)
@@ -227,15 +289,25 @@ class MetaTestConfig:
     n_query: int = 15
     episodes: int = 600
     inner_steps: int = 1  # test-time inner steps (released scripts: 1; PURER-Plus: 10)
-    inner_lr: float | None = None  # None = meta_train.learner.inner_lr
+    inner_lr: float | None = None  # None = meta_train.learner.inner_lr; 0 is refused (inner_steps: 0 = no adaptation)
     selection: Literal["val", "last", "best-on-test"] = "val"  # best-on-test = authors' protocol, labelled
     icfil: IcfilConfig = field(default_factory=IcfilConfig)
 
     def __post_init__(self) -> None:
         _require(self.n_way >= 2, "n_way", "at least 2", self.n_way)
+        _at_most(self, "n_way", MAX_WAYS)
         _require(self.n_query >= 1, "n_query", "at least 1", self.n_query)
+        _at_most(self, "n_query", MAX_PER_CLASS)
         _require(self.episodes >= 1, "episodes", "at least 1", self.episodes)
+        _at_most(self, "episodes", MAX_EPISODES)
         _require(self.inner_steps >= 0, "inner_steps", "0 or more", self.inner_steps)
+        _at_most(self, "inner_steps", MAX_WAYS)
+        _require(
+            self.inner_lr is None or self.inner_lr > 0,
+            "inner_lr",
+            "a positive number, or null for meta_train.learner.inner_lr (inner_steps: 0 tests without adaptation)",
+            self.inner_lr,
+        )
 
 
 Method = Literal["purer", "ei", "random", "average"]
@@ -254,6 +326,8 @@ class GridConfig:
     def __post_init__(self) -> None:
         _require(len(self.methods) >= 1, "methods", "at least one method", self.methods)
         _require(all(s >= 1 for s in self.shots), "shots", "values of at least 1", self.shots)
+        _require(all(s <= MAX_PER_CLASS for s in self.shots), "shots", f"values of at most {MAX_PER_CLASS}", self.shots)
+        _require(all(s >= 0 for s in self.seeds), "seeds", "values of at least 0", self.seeds)
 
 
 @dataclass(frozen=True)
@@ -285,6 +359,10 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment), "experiment", "a non-empty name", self.experiment)
+        require_name(self.experiment, "experiment")
+        for name in self.datasets:
+            require_name(name, "datasets")
+        _require(self.seed >= 0, "seed", "0 or more", self.seed)
         _require(self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu or cuda[:k]", self.device)
         for name in self.pool.datasets + tuple(self.meta_test.datasets or ()):
             if name not in self.datasets:
@@ -303,9 +381,44 @@ class ExperimentConfig:
 # --------------------------------------------------------------------------------------------
 
 
+MAX_SHOWN = 80  # characters of a user's value echoed in a message
+MAX_MESSAGE = 2000  # characters of a whole config message (a list of names can be long)
+MAX_YAML_NODES = 100_000  # values in a config once its aliases are expanded (config.yaml has ~200)
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = MAX_SHOWN
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 10
+_SHORT_REPR.maxlevel = 3
+
+
+def show(value: Any) -> str:
+    """``repr(value)`` for a message, at most :data:`MAX_SHOWN` characters (cut with an ellipsis).
+
+    Built with :mod:`reprlib`, so even a huge nested value costs little to show.
+    """
+    return _cut(_SHORT_REPR.repr(value))
+
+
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+        raise ConfigError(f"{key}: expected {expected}, got {show(value)}")
+
+
+def _at_most(config: Any, name: str, limit: int) -> None:
+    """The documented upper bound of a size or count (config/README.md, "Value ranges")."""
+    value = getattr(config, name)
+    _require(value <= limit, name, f"at most {limit:,}".replace(",", "_"), value)
+
+
+def require_name(value: str, key: str) -> None:
+    """``value`` is safe as one path component: no ``/``, ``\\``, ``..``, leading dot or control character."""
+    _require(
+        isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None,
+        key,
+        "a name usable as one folder name (a letter or digit, then letters, digits, '_', '.' or '-'; "
+        "at most 100 characters)",
+        value,
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -325,9 +438,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(_cap(f"{path}: not valid YAML: {exc}")) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     for item in overrides or []:
@@ -335,16 +448,91 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return from_dict(ExperimentConfig, raw, "")
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(_cap(f"{source}: {exc}")) from None
+
+
+def _cap(message: str) -> str:
+    return _cut(message, MAX_MESSAGE)
+
+
+def _cut(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` itself when short, else its first ``limit - 1`` characters and an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``1E-4``, ``5e+2``, ``1.5e3`` as floats.
+
+    YAML 1.1 (PyYAML) wants a dot and a signed exponent, so it reads those as strings; people (and
+    config/README.md) write them as numbers. Only this loader is changed, not ``yaml.SafeLoader``.
+    """
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse config YAML as data: floats as people write them, no duplicate keys, no alias bomb.
+
+    Args:
+        text: the YAML document.
+        source: the file (or override) named in messages.
+
+    Raises:
+        ConfigError: a key given twice in one mapping (naming the dotted key and both lines), or a
+            document that expands to more than :data:`MAX_YAML_NODES` values through aliases.
+        yaml.YAMLError: text that is not YAML.
+    """
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    """Walk the composed document, expanding aliases, counting values and checking mapping keys."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    count = 0
+    while stack:
+        node, key = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{source}: the YAML expands to more than {MAX_YAML_NODES:_} values through its aliases "
+                "(*name); write the values out or use fewer nested aliases"
+            )
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{key}[{i}]") for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    dotted = _join(key, _cut(key_node.value))
+                    line, ident = key_node.start_mark.line + 1, (key_node.tag, key_node.value)
+                    if ident in seen:
+                        raise ConfigError(f"{source}: duplicate key {dotted} at line {line} (first at line {seen[ident]})")
+                    seen[ident] = line
+                    stack.append((value_node, dotted))
+                else:
+                    stack += [(key_node, key), (value_node, key)]
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one ``a.b.c=value`` override to a raw config mapping (in place)."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. meta_train.outer_lr=0.0005")
+        raise ConfigError(f"override {show(item)}: expected KEY=VALUE, e.g. meta_train.outer_lr=0.0005")
     key, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text)
+        value = read_yaml(text, f"override {show(item)}")
     except yaml.YAMLError:
         value = text
     parts = key.strip().split(".")
@@ -352,7 +540,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            raise ConfigError(f"override {show(item)}: {show(part)} is not a section")
     node[parts[-1]] = value
 
 
@@ -364,11 +552,11 @@ def from_dict(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted((str(k) for k in set(raw) - set(fields)), key=str)
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
-            f"unknown key {where}{unknown[0]} (valid keys{' in ' + prefix if prefix else ''}: {sorted(fields)})"
+            f"unknown key {where}{_cut(unknown[0])} (valid keys{' in ' + prefix if prefix else ''}: {sorted(fields)})"
         )
     kwargs = {name: _convert(hints[name], raw[name], _join(prefix, name)) for name in raw}
     try:
@@ -399,37 +587,41 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
                 return _convert(option, value, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(options) == 1 else f"{key}: expected {_describe(hint)}, got {value!r}")
+        raise ConfigError(errors[0] if len(options) == 1 else f"{key}: expected {_describe(hint)}, got {show(value)}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {show(value)}")
         return value
     if origin is tuple:
         if isinstance(value, (str, int, float, bool)) and not isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {show(value)}")
         item_hint = args[0]
         return tuple(_convert(item_hint, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {str(k): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
+            raise ConfigError(f"{key}: expected a mapping, got {show(value)}")
+        return {str(k): _convert(args[1], v, f"{key}.{_cut(str(k))}") for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {show(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {show(value)}")
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{key}: expected a 64-bit integer, got {show(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {show(value)}")
+        if not math.isfinite(value):  # every float key, including keys added later: no .inf / .nan
+            raise ConfigError(f"{key}: expected a finite number, got {show(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {show(value)}")
         return value
     raise ConfigError(f"{key}: unsupported config type {hint!r}")
 

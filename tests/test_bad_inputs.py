@@ -386,7 +386,8 @@ def test_nonfinite_data_loss_stops(copy, capsys):
     _poison_teacher(copy)
     run = _run(copy, 5)
     fails(capsys, _train(copy), rf"meta-training {re.escape(str(run))}: the data loss is not finite at "
-          r"meta-iteration 1 \(term ce\); set meta_train\.inversion\.on_nonfinite: skip to skip such steps$",
+          r"meta-iteration 1 \(term ce\); check meta_train\.inversion\.data_lr, meta_train\.inversion\.ce_weight, "
+          r"the teachers' weights; or set meta_train\.inversion\.on_nonfinite: skip to skip such steps$",
           run / "meta_model.pt", run / "last.pt", run / "summary.json", run / "checkpoint.pt")
 
 

@@ -264,7 +264,8 @@ def evaluate_checkpoint(
     model, params, info = load_meta_model(path, device)
     check_compatible(info, path, config.meta_test.n_way, split, dataset)
     learner_info = dict(info["learner"])
-    inner_lr = config.meta_test.inner_lr or float(learner_info["inner_lr"])
+    # `is None`, not `or`: an explicit value is used as given, as in validation (0 is refused by the config)
+    inner_lr = float(learner_info["inner_lr"]) if config.meta_test.inner_lr is None else config.meta_test.inner_lr
     learner = build_learner(learner_info["algorithm"], inner_lr, bool(learner_info.get("first_order", False)))
     calibrate = icfil_hook(config, dataset, config.meta_test.n_way) if icfil else None
     result = evaluate(

@@ -10,6 +10,7 @@ device flag that the fused Adam kernel reads (``found_inf``), reported by the ca
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -82,15 +83,43 @@ def finite_flag(loss: torch.Tensor, grads: tuple[torch.Tensor | None, ...]) -> t
     return torch.isfinite(torch.stack(sums)).all()
 
 
+# The settings most likely at fault when a data-loss term (or only the image gradient) is not finite,
+# most likely first: the image step size, then the term's weight; `ce` and `bn` also read the teachers.
+NONFINITE_SUSPECTS = {
+    "ce": ("inversion.data_lr", "inversion.ce_weight", "the teachers' weights"),
+    "tv": ("inversion.data_lr", "inversion.tv_weight"),
+    "bn": ("inversion.data_lr", "inversion.bn_weight", "inversion.first_bn_multiplier", "the teachers' weights"),
+    "l2": ("inversion.data_lr", "inversion.l2_weight"),
+    "adv": ("inversion.data_lr", "curriculum.adv_scale", "outer_lr"),
+    "the image gradient": ("inversion.data_lr", "curriculum.adv_scale", "precision"),
+}
+
+
+def nonfinite_suspects(terms: list[str]) -> str:
+    """``check meta_train.inversion.data_lr, ...``: the settings behind the non-finite ``terms``, once each."""
+    names = dict.fromkeys(name for term in terms for name in NONFINITE_SUSPECTS.get(term, ()))
+    return "check " + ", ".join(n if n.startswith(("the ", "precision")) else f"meta_train.{n}" for n in names)
+
+
 def handle_nonfinite(run: Run, iteration: int, terms: dict[str, torch.Tensor], reversed_on: bool) -> None:
-    """Raise a PurerError naming the iteration and the term (``stop``), or log a warning (``skip``)."""
+    """Raise a PurerError naming the iteration, the term and the settings to check (``stop``), or log a
+    warning (``skip``)."""
     names = ("ce", "tv", "bn", "l2") + (("adv",) if reversed_on else ())
     bad = [name for name in names if not bool(torch.isfinite(terms[name]))] or ["the image gradient"]
     what = f"the data loss is not finite at meta-iteration {iteration} (term {', '.join(bad)})"
     if run.mt.inversion.on_nonfinite == "stop":
-        raise PurerError(f"meta-training {run.out_dir}: {what}; "
-                         "set meta_train.inversion.on_nonfinite: skip to skip such steps")
-    logger.warning("%s: skipping this data step", what)
+        raise PurerError(f"meta-training {run.out_dir}: {what}; {nonfinite_suspects(bad)}; "
+                         "or set meta_train.inversion.on_nonfinite: skip to skip such steps")
+    logger.warning("%s: skipping this data step (%s)", what, nonfinite_suspects(bad))
+
+
+def check_outer_loss(run: Run, iteration: int, loss_outer: float) -> None:
+    """Stop when the outer (query) loss is not finite: its Adam step has already made the meta model
+    non-finite, so no later iteration can recover (``on_nonfinite`` does not apply)."""
+    if not math.isfinite(loss_outer):
+        raise PurerError(f"meta-training {run.out_dir}: the outer (query) loss is not finite at meta-iteration "
+                         f"{iteration}; check meta_train.outer_lr, meta_train.learner.inner_lr, "
+                         "meta_train.learner.inner_steps")
 
 
 def meta_step(run: Run, state: State) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,7 +61,7 @@ from purer.meta.learners import (
     episode_loss_fn,
     meta_parameters,
 )
-from purer.meta.steps import data_step, handle_nonfinite, meta_step
+from purer.meta.steps import check_outer_loss, data_step, handle_nonfinite, meta_step
 from purer.models.pool import Manifest, load_manifest, load_pool
 from purer.models.pretrain import resolve_device
 from purer.runinfo import write_run_info
@@ -319,6 +319,7 @@ def train_iteration(run: Run, state: State, iteration: int) -> dict[str, Any]:
     if not finite:  # the image step was skipped on the device; stop, or log it and go on
         handle_nonfinite(run, iteration, terms, reversed_on)
         values[2 + list(CURVE_TERMS).index("loss_adv")] = float("nan")
+    check_outer_loss(run, iteration, values[0])
     switched = reversed_on and finite
     if switched:
         state.switch.consume()  # a skipped step leaves the switch on: the reversed step is retried

@@ -102,6 +102,12 @@ def _local_blocks(config: ExperimentConfig, slots: list[DatasetSlot]) -> list[tu
     datasets (teacher i draws from dataset ``i % D``), so a teacher never mixes datasets.
     """
     pool = config.pool
+    for slot in slots:  # a teacher of more ways than classes would be padded with classes that do not exist
+        if pool.n_way > slot.n_classes:
+            raise ConfigError(
+                f"pool.n_way: {pool.n_way} classes per teacher, but dataset {slot.name!r} has only "
+                f"{slot.n_classes} meta-train classes; set pool.n_way to at most {slot.n_classes}"
+            )
     if pool.partition == "disjoint":
         return [(slot, block) for slot in slots for block in partition_classes(slot.n_classes, pool.n_way)]
     generator = make_generator(config.seed, "pool", "partition")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 from purer import paths
 from purer.config import ExperimentConfig
 from purer.data.cache import SplitData, load_split
-from purer.errors import ConfigError, DataError
+from purer.errors import ConfigError, DataError, PurerError
 from purer.io import load_torch, remove_stale_temporaries, save_torch, write_json
 from purer.models.backbones import build_backbone
 from purer.models.pool import TeacherSpec, teacher_spec
@@ -332,6 +333,9 @@ def _run_epochs(
         loss, accuracy = train_epoch(
             state.model, data, state.optimizer, state.generator, pool.batch_size, pool.grad_clip, precision
         )
+        if not math.isfinite(loss):  # diverged: every later epoch and the saved teacher would be garbage
+            raise PurerError(f"teacher {spec.index}: the training loss is not finite at epoch {epoch + 1}; "
+                             "check pool.lr, pool.grad_clip, precision")
         state.scheduler.step()
         val_accuracy = evaluate(state.model, data.val_x, data.val_y, precision)
         state.epoch = epoch + 1

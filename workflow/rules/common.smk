@@ -13,7 +13,7 @@ from snakemake.exceptions import WorkflowError
 
 try:
     from purer import paths
-    from purer.config import load_config, to_dict
+    from purer.config import load_config, read_yaml, to_dict
     from purer.errors import PurerError
     from purer.models.pool import n_teachers
 except ImportError as exc:
@@ -57,11 +57,14 @@ def _config_file():
 
 
 def _read_yaml(path):
+    """The config as data, read as the steps read it (duplicate keys and alias bombs refused)."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh) or {}
+            return read_yaml(fh.read(), str(path)) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise WorkflowError(f"cannot read the config file {path}: {exc}") from None
+    except PurerError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
 CONFIGFILE = _config_file()
