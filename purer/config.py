@@ -289,7 +289,7 @@ class MetaTestConfig:
     n_query: int = 15
     episodes: int = 600
     inner_steps: int = 1  # test-time inner steps (released scripts: 1; PURER-Plus: 10)
-    inner_lr: float | None = None  # None = meta_train.learner.inner_lr; 0 is refused (inner_steps: 0 = no adaptation)
+    inner_lr: float | None = None  # None = meta_train.learner.inner_lr; 0 is refused (use inner_steps: 0)
     selection: Literal["val", "last", "best-on-test"] = "val"  # best-on-test = authors' protocol, labelled
     icfil: IcfilConfig = field(default_factory=IcfilConfig)
 
@@ -326,7 +326,7 @@ class GridConfig:
     def __post_init__(self) -> None:
         _require(len(self.methods) >= 1, "methods", "at least one method", self.methods)
         _require(all(s >= 1 for s in self.shots), "shots", "values of at least 1", self.shots)
-        _require(all(s <= MAX_PER_CLASS for s in self.shots), "shots", f"values of at most {MAX_PER_CLASS}", self.shots)
+        _require(all(s <= MAX_PER_CLASS for s in self.shots), "shots", f"values of at most {MAX_PER_CLASS:_}", self.shots)
         _require(all(s >= 0 for s in self.seeds), "seeds", "values of at least 0", self.seeds)
 
 
@@ -407,7 +407,7 @@ def _require(ok: bool, key: str, expected: str, value: Any) -> None:
 def _at_most(config: Any, name: str, limit: int) -> None:
     """The documented upper bound of a size or count (config/README.md, "Value ranges")."""
     value = getattr(config, name)
-    _require(value <= limit, name, f"at most {limit:,}".replace(",", "_"), value)
+    _require(value <= limit, name, f"at most {limit:_}", value)
 
 
 def require_name(value: str, key: str) -> None:
@@ -510,6 +510,8 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
                 f"{source}: the YAML expands to more than {MAX_YAML_NODES:_} values through its aliases "
                 "(*name); write the values out or use fewer nested aliases"
             )
+        if len(key) > MAX_SHOWN:  # a recursive alias nests without end: keep the message's key short
+            key = _cut(key)
         if isinstance(node, yaml.SequenceNode):
             stack += [(item, f"{key}[{i}]") for i, item in enumerate(node.value)]
         elif isinstance(node, yaml.MappingNode):

@@ -29,6 +29,7 @@ from purer.config import (
 )
 from purer.data.cache import save_split
 from purer.errors import ConfigError, PurerError
+from purer.meta.steps import nonfinite_suspects
 from purer.meta.train import meta_train
 from purer.models.pool import n_teachers, teacher_specs, write_manifest
 from purer.models.pretrain import train_teacher
@@ -137,7 +138,7 @@ def test_config_readme_states_the_range_of_every_numeric_key():
         ("meta_test.episodes=6000000", "meta_test.episodes: expected at most 100_000, got 6000000"),
         ("meta_test.icfil.tv_weight=-1e-4", "meta_test.icfil.tv_weight: expected 0 or more, got -0.0001"),
         ("meta_test.icfil.head_steps=-5", "meta_test.icfil.head_steps: expected 0 or more, got -5"),
-        ("grid.shots=[1, 50000]", f"grid.shots: expected values of at most {MAX_PER_CLASS}, got (1, 50000)"),
+        ("grid.shots=[1, 50000]", "grid.shots: expected values of at most 10_000, got (1, 50000)"),
         ("grid.seeds=[0, -1]", "grid.seeds: expected values of at least 0, got (0, -1)"),
         ("seed=-3", "seed: expected 0 or more, got -3"),
     ],
@@ -208,8 +209,9 @@ def test_duplicate_nested_key_is_refused(tmp_path):
 
 
 def test_duplicate_key_in_an_override_is_refused():
-    with pytest.raises(ConfigError, match=r"^override 'pool=\{lr: 1, lr: 2\}': duplicate key lr at line 1 "):
+    with pytest.raises(ConfigError) as info:
         load_config(None, ["pool={lr: 1, lr: 2}"])
+    assert str(info.value) == "override 'pool={lr: 1, lr: 2}': duplicate key lr at line 1 (first at line 1)"
 
 
 def test_an_alias_bomb_is_refused_quickly_with_a_short_message(tmp_path):
@@ -238,10 +240,7 @@ def test_a_recursive_alias_is_refused(tmp_path):
 
 
 def test_echoed_values_are_cut_to_80_characters(tmp_path):
-    message = refused(["experiment=" + "x" * 5000])
-    assert len(message) < 300 and "x" * 5000 not in message
-    value = message.rsplit("got ", 1)[1]
-    assert len(value) <= MAX_SHOWN and "..." in value
+    assert refused(["experiment=" + "x" * 5000]) == f"experiment: {NAME_EXPECTED}, got '{'x' * 37}...{'x' * 38}'"
     message = refused(["pool.epochs=[" + ", ".join(["123456789"] * 1000) + "]"])
     assert message.startswith("pool.epochs: expected an integer, got [123456789, 123456789, ")
     value = message.rsplit("got ", 1)[1]
@@ -330,8 +329,7 @@ def test_a_diverging_teacher_names_its_settings(tmp_path):
     _, config = setup_pool(tmp_path, {"toy": 6}, lr=1e30, epochs=3, conv4_width=4)
     with pytest.raises(PurerError) as info:
         train_teacher(config, 0)
-    assert re.fullmatch(r"teacher 0: the training loss is not finite at epoch [123]; "
-                        r"check pool\.lr, pool\.grad_clip, precision", str(info.value)), str(info.value)
+    assert str(info.value) == "teacher 0: the training loss is not finite at epoch 1; check pool.lr, pool.grad_clip, precision"
     assert not paths.teacher_path(config, 0).exists()
 
 
@@ -351,6 +349,24 @@ def test_a_diverging_meta_model_names_its_settings(tmp_path):
     with pytest.raises(PurerError) as info:
         meta_train(config, "ei", 1, 0, out)
     assert re.fullmatch(rf"meta-training {re.escape(str(out))}: the outer \(query\) loss is not finite at "
-                        r"meta-iteration [23]; check meta_train\.outer_lr, meta_train\.learner\.inner_lr, "
+                        r"meta-iteration 2; check meta_train\.outer_lr, meta_train\.learner\.inner_lr, "
                         r"meta_train\.learner\.inner_steps", str(info.value)), str(info.value)
     assert not (out / "meta_model.pt").exists() and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "terms, expected",
+    [
+        (["ce"], "check meta_train.inversion.data_lr, meta_train.inversion.ce_weight, the teachers' weights"),
+        (["tv"], "check meta_train.inversion.data_lr, meta_train.inversion.tv_weight"),
+        (["l2"], "check meta_train.inversion.data_lr, meta_train.inversion.l2_weight"),
+        (["bn"], "check meta_train.inversion.data_lr, meta_train.inversion.bn_weight, "
+                 "meta_train.inversion.first_bn_multiplier, the teachers' weights"),
+        (["adv"], "check meta_train.inversion.data_lr, meta_train.curriculum.adv_scale, meta_train.outer_lr"),
+        (["the image gradient"], "check meta_train.inversion.data_lr, meta_train.curriculum.adv_scale, precision"),
+        (["ce", "tv"], "check meta_train.inversion.data_lr, meta_train.inversion.ce_weight, the teachers' weights, "
+                       "meta_train.inversion.tv_weight"),
+    ],
+)
+def test_a_nonfinite_data_loss_names_the_settings_behind_its_terms(terms, expected):
+    assert nonfinite_suspects(terms) == expected
