@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pool_helpers import fake_checkpoint, setup_pool, synthetic_split
-from workflow_support import REPO
+from workflow_support import REPO, micro_config, output_of, snakemake
 
 from purer import paths
 from purer.cli.main import main
@@ -215,11 +215,7 @@ def test_duplicate_key_in_an_override_is_refused():
 
 
 def test_an_alias_bomb_is_refused_quickly_with_a_short_message(tmp_path):
-    lines, previous = ["a: &a [" + ",".join(["lol"] * 9) + "]"], "a"
-    for name in "bcdefghi":
-        lines.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
-        previous = name
-    path = write(tmp_path, "\n".join(lines + ["experiment: *i"]) + "\n")
+    path = write(tmp_path, "\n".join(_bomb_lines() + ["experiment: *i"]) + "\n")
     assert len(path.read_bytes()) < 400
     start = time.process_time()
     message = refused([], path)
@@ -237,6 +233,35 @@ def test_a_few_aliases_are_fine(tmp_path):
 def test_a_recursive_alias_is_refused(tmp_path):
     path = write(tmp_path, "pool:\n  milestones: &m [1, *m]\n")
     assert "the YAML expands to more than 100_000 values" in refused([], path)
+
+
+def _bomb_lines() -> list[str]:
+    lines, previous = ["a: &a [" + ",".join(["lol"] * 9) + "]"], "a"
+    for name in "bcdefghi":
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+        previous = name
+    return lines
+
+
+@pytest.mark.parametrize(
+    "tail, message",
+    [
+        ("pool:\n  n_way: 2\n", "duplicate key pool at line {line} (first at line {first})"),
+        ("\n".join(_bomb_lines()) + "\nexperiment: *i\n", "the YAML expands to more than 100_000 values"),
+    ],
+    ids=["duplicate", "alias-bomb"],
+)
+def test_snakemake_refuses_the_yaml_at_parse_time(tmp_path, tail, message):
+    """The workflow reads the file as the steps do (its schema check runs on the same data)."""
+    text = yaml.safe_dump(micro_config())
+    if "experiment: *i" in tail:
+        text = text.replace("experiment:", "old_experiment:", 1)
+    path = write(tmp_path, text + tail, "bad.yaml")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first, line = lines.index("pool:") + 1, len(lines) - 1
+    result = snakemake("-n", "--cores", "1", "--configfile", str(path), "--directory", str(tmp_path / "wd"))
+    assert result.returncode != 0
+    assert f"{path}: {message.format(line=line, first=first)}" in output_of(result)
 
 
 def test_echoed_values_are_cut_to_80_characters(tmp_path):
