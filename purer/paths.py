@@ -10,6 +10,10 @@ Layout::
     <results_dir>/<experiment>/report/{tables,figures}/                           the report
 
 ``<pool>`` is the pool's dataset names joined by ``+`` (e.g. ``cifar-fs+mini-imagenet``).
+
+``experiment`` and the dataset names are single folder names (no ``/``, ``\\``, ``..`` or leading
+dot): every :class:`ExperimentConfig` checks them when it is built (:func:`purer.config.require_name`),
+so no path here leaves ``results_dir`` or ``data_dir``.
 """
 
 from __future__ import annotations

@@ -292,6 +292,13 @@ def test_unsafe_experiment_names_are_refused(name):
     assert str(info.value).startswith(f"<defaults>: experiment: {NAME_EXPECTED}, got ")
 
 
+def test_a_config_built_in_code_checks_its_names_too():
+    with pytest.raises(ConfigError, match=r"^experiment: expected a name usable as one folder name"):
+        ExperimentConfig(experiment="../x")
+    with pytest.raises(ConfigError, match=r"^experiment: expected a name usable as one folder name"):
+        dataclasses.replace(ExperimentConfig(), experiment="a/b")
+
+
 def test_empty_experiment_name_is_refused():
     assert refused(["experiment=''"]) == "experiment: expected a non-empty name, got ''"
 
