@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from eval_helpers import tiny_config, write_meta_model
 from pool_helpers import fake_checkpoint, setup_pool, synthetic_split
 from workflow_support import REPO, micro_config, output_of, snakemake
 
@@ -29,6 +30,7 @@ from purer.config import (
 )
 from purer.data.cache import save_split
 from purer.errors import ConfigError, PurerError
+from purer.meta.evaluate import meta_test
 from purer.meta.steps import nonfinite_suspects
 from purer.meta.train import meta_train
 from purer.models.pool import n_teachers, teacher_specs, write_manifest
@@ -157,11 +159,13 @@ def test_meta_test_inner_lr_zero_is_refused_and_null_means_the_training_value():
     assert load_config(None, ["meta_test.inner_steps=0"]).meta_test.inner_steps == 0
 
 
-def test_evaluate_honours_an_explicit_inner_lr():
-    """The meta-test learner takes meta_test.inner_lr when it is set, the checkpoint's otherwise."""
-    source = (REPO / "purer" / "meta" / "evaluate.py").read_text(encoding="utf-8")
-    assert "meta_test.inner_lr or" not in source
-    assert 'if config.meta_test.inner_lr is None else config.meta_test.inner_lr' in source
+@pytest.mark.parametrize("inner_lr, used", [(None, 0.1), (0.05, 0.05), (1e-3, 0.001)])
+def test_meta_test_uses_the_inner_lr_it_is_given(tmp_path, inner_lr, used):
+    """meta_test.inner_lr as given (as validation during meta-training does); null = the checkpoint's (0.1)."""
+    _, config = tiny_config(tmp_path, inner_lr=inner_lr)
+    write_meta_model(paths.run_dir(config, "purer", 1, 0) / "meta_model.pt")
+    metrics = meta_test(config, "purer", 1, 0, "toy", icfil=False)
+    assert metrics["learner"]["inner_lr"] == used
 
 
 def test_the_shipped_ranges_and_the_workflow_schema_agree():
