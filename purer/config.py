@@ -37,8 +37,11 @@ MAX_WAYS = 1000  # classes per episode or teacher; glyphs classes per split
 MAX_PER_CLASS = 10_000  # images per class (glyphs instances, dynamic dataset, shots and queries)
 MAX_WIDTH = 1024  # Conv4 filters
 MAX_BATCH = 65_536  # teacher mini-batch
-MAX_EPISODES = 100_000  # fixed validation or test episodes; meta-batch episodes are capped at MAX_WAYS
-MAX_STEPS = 10_000_000  # epochs, meta-iterations, warm-up, inner and ICFIL steps
+MAX_EPISODES = 100_000  # fixed validation or test episodes
+MAX_META_BATCH = 1000  # episodes per meta-iteration
+MAX_INNER_STEPS = 1000  # inner-loop steps (train and test): MAML keeps a graph per step
+MAX_SNAPSHOTS = 1000  # PNG grids written during meta-training
+MAX_STEPS = 10_000_000  # epochs, meta-iterations, warm-up, patience, ICFIL steps
 MAX_TEACHERS = 10_000
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # one path component, as the workflow schema
 
@@ -75,8 +78,8 @@ class DatasetConfig:
             _require(all(s > 0 for s in self.std), "std", "positive values", self.std)
             for name in ("mean", "std"):
                 value = getattr(self, name)
-                _require(len(value) == (self.channels or len(value)) and len(value) in (1, 3), name,
-                         f"{self.channels or '1 or 3'} value(s), one per channel", value)
+                wanted = f"{self.channels or '1 or 3'} value(s), one per channel"
+                _require(len(value) == (self.channels or len(value)) and len(value) in (1, 3), name, wanted, value)
             _require(len(self.mean) == len(self.std), "std", f"{len(self.mean)} value(s), as many as mean", self.std)
 
 
@@ -145,7 +148,7 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         _require(self.inner_lr > 0, "inner_lr", "a positive number", self.inner_lr)
         _require(self.inner_steps >= 0, "inner_steps", "0 or more", self.inner_steps)
-        _at_most(self, "inner_steps", MAX_WAYS)
+        _at_most(self, "inner_steps", MAX_INNER_STEPS)
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ class MetaTrainConfig:
         _require(self.n_query >= 1, "n_query", "at least 1", self.n_query)
         _at_most(self, "n_query", MAX_PER_CLASS)
         _require(self.meta_batch_size >= 1, "meta_batch_size", "at least 1", self.meta_batch_size)
-        _at_most(self, "meta_batch_size", MAX_WAYS)
+        _at_most(self, "meta_batch_size", MAX_META_BATCH)
         _require(self.outer_lr > 0, "outer_lr", "a positive number", self.outer_lr)
         _require(self.iterations >= 0, "iterations", "0 or more", self.iterations)
         _at_most(self, "iterations", MAX_STEPS)
@@ -242,7 +245,7 @@ class MetaTrainConfig:
         _at_most(self, "val_episodes", MAX_EPISODES)
         _require(self.checkpoint_interval >= 1, "checkpoint_interval", "at least 1", self.checkpoint_interval)
         _require(self.grid_snapshots >= 0, "grid_snapshots", "0 or more", self.grid_snapshots)
-        _at_most(self, "grid_snapshots", MAX_WAYS)
+        _at_most(self, "grid_snapshots", MAX_SNAPSHOTS)
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,7 @@ class MetaTestConfig:
         _require(self.episodes >= 1, "episodes", "at least 1", self.episodes)
         _at_most(self, "episodes", MAX_EPISODES)
         _require(self.inner_steps >= 0, "inner_steps", "0 or more", self.inner_steps)
-        _at_most(self, "inner_steps", MAX_WAYS)
+        _at_most(self, "inner_steps", MAX_INNER_STEPS)
         _require(
             self.inner_lr is None or self.inner_lr > 0,
             "inner_lr",
@@ -326,7 +329,9 @@ class GridConfig:
     def __post_init__(self) -> None:
         _require(len(self.methods) >= 1, "methods", "at least one method", self.methods)
         _require(all(s >= 1 for s in self.shots), "shots", "values of at least 1", self.shots)
-        _require(all(s <= MAX_PER_CLASS for s in self.shots), "shots", f"values of at most {MAX_PER_CLASS:_}", self.shots)
+        _require(
+            all(s <= MAX_PER_CLASS for s in self.shots), "shots", f"values of at most {MAX_PER_CLASS:_}", self.shots
+        )
         _require(all(s >= 0 for s in self.seeds), "seeds", "values of at least 0", self.seeds)
 
 
