@@ -65,7 +65,8 @@ class PoolConfig:
     partition: Literal["disjoint", "overlapping"] = "disjoint"  # paper blocks / PURER-Plus random sets
     n_way: int = 5  # classes per teacher (N)
     n_teachers: int | None = None  # overlapping only: number of teachers M
-    max_teachers: int | None = None  # keep only the first k teachers (pool-size ablation)
+    max_teachers: int | None = None  # keep only k teachers (pool-size ablation); which: block_selection
+    block_selection: Literal["spread", "first"] = "spread"  # max_teachers: seeded spread over the blocks | first k
     architectures: tuple[str, ...] = ("conv4",)  # cycled over teachers: ["conv4","resnet10","resnet18"] = SH
     conv4_width: int = 32  # Conv4 filters (32 in PURER, 64 in classic MAML)
     epochs: int = 60
