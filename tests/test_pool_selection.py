@@ -266,7 +266,8 @@ def test_bad_block_selection_is_a_config_error(tmp_path, capsys):
     path, _ = setup_pool(tmp_path)
     assert main(["pool", "list", "-c", str(path), "--set", "pool.block_selection=middle"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("purer pool: error:") and "block_selection" in err[0]
+    assert err == [f"purer pool: error: {path}: pool.block_selection: expected one of ['spread', 'first'], got 'middle'"]
+    assert not paths.pool_dir(load_config(path)).exists()
 
 
 # ---------------------------------------------------------------- size and cost
