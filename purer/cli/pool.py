@@ -103,14 +103,17 @@ def _summary(config: ExperimentConfig, specs: list) -> list[str]:
     else:
         lines.append(
             f"estimated training time: {_duration(estimate.seconds)} in all ({pool.epochs} epochs x "
-            f"{estimate.train_images} training images), on 2 CPU cores in fp32 (an estimate from "
-            f"benchmarks/README.md; bf16 + channels_last is 2-4x faster, a GPU far faster)"
+            f"{estimate.train_images} training images), on 2 idle CPU cores in fp32 (an estimate of the "
+            f"training compute from benchmarks/README.md, without start-up and validation; bf16 + "
+            f"channels_last is 2-4x faster, a GPU far faster)"
         )
     return lines
 
 
 def _duration(seconds: float) -> str:
-    """``45 s``, ``12 min`` or ``3.4 h``."""
+    """``under 1 s``, ``45 s``, ``12 min`` or ``3.4 h``."""
+    if seconds < 1:
+        return "under 1 s"
     if seconds < 60:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
