@@ -98,12 +98,12 @@ def _summary(config: ExperimentConfig, specs: list) -> list[str]:
     if estimate.train_images is None:
         lines.append("estimated training time: unknown until the train caches exist (run `purer prepare`)")
     elif estimate.seconds is None:
-        lines.append(f"{estimate.train_images} training images per epoch over all teachers; no time estimate "
+        lines.append(f"{estimate.train_images:,} training images per epoch over all teachers; no time estimate "
                      f"for {', '.join(estimate.unmeasured)}")  # fmt: skip
     else:
         lines.append(
             f"estimated training time: {_duration(estimate.seconds)} in all ({pool.epochs} epochs x "
-            f"{estimate.train_images} training images), on 2 idle CPU cores in fp32 (an estimate of the "
+            f"{estimate.train_images:,} training images), on 2 idle CPU cores in fp32 (an estimate of the "
             f"training compute from benchmarks/README.md, without start-up and validation; bf16 + "
             f"channels_last is 2-4x faster, a GPU far faster)"
         )
