@@ -272,9 +272,10 @@ class ExperimentConfig:
     experiment: str = "default"  # first component of every output path
     seed: int = 2022
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
-    precision: Literal["fp32", "bf16"] = "fp32"  # autocast dtype for teacher forwards
-    channels_last: bool = False  # memory format for conv inputs
-    compile: bool = False  # torch.compile the teacher losses (loop) and the meta-training episode
+    # speed settings; "auto" picks what is fast on the machine at hand (purer/runtime.py)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # autocast dtype for teacher forwards
+    channels_last: bool | Literal["auto"] = False  # memory format for conv inputs
+    compile: bool | Literal["auto"] = False  # torch.compile the teacher losses (loop) and the meta-training episode
     results_dir: str = "results"
     data_dir: str = "data"  # cache of decoded datasets
     datasets: dict[str, DatasetConfig] = field(default_factory=lambda: {"glyphs": DatasetConfig()})
