@@ -2,6 +2,8 @@
 #   make run      the whole pipeline on config/config.yaml (Snakemake)
 #   make test     the test suite (pytest)
 #   make install  only the venv: python3 -m venv .venv + pip install -c constraints.txt -e ".[pipeline,dev]"
+#                 TORCH_INDEX=URL first installs the pinned torch from that index, e.g. the CPU build:
+#                 make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   (README.md, "Which torch build")
 #   make dry-run  the jobs the pipeline would run; make lint: snakemake --lint
 # CONFIG=config/experiments/bench.yaml make run   runs another config file.
 
@@ -9,6 +11,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.purer-installed
 CONFIG ?= config/config.yaml
+TORCH_INDEX ?=
 # the venv's `purer` must be on PATH for the pipeline's jobs
 RUN := env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1
 
@@ -18,6 +21,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(VENV)/bin/pip install -c constraints.txt --index-url $(TORCH_INDEX) torch)
 	$(VENV)/bin/pip install -c constraints.txt -e ".[pipeline,dev]"
 	touch $(STAMP)
 

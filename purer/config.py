@@ -91,7 +91,8 @@ class PoolConfig:
     partition: Literal["disjoint", "overlapping"] = "disjoint"  # paper blocks / PURER-Plus random sets
     n_way: int = 5  # classes per teacher (N)
     n_teachers: int | None = None  # overlapping only: number of teachers M
-    max_teachers: int | None = None  # keep only the first k teachers (pool-size ablation)
+    max_teachers: int | None = None  # keep only k teachers (pool-size ablation); which: block_selection
+    block_selection: Literal["spread", "first"] = "spread"  # max_teachers: seeded spread over the blocks | first k
     architectures: tuple[str, ...] = ("conv4",)  # cycled over teachers: ["conv4","resnet10","resnet18"] = SH
     conv4_width: int = 32  # Conv4 filters (32 in PURER, 64 in classic MAML)
     epochs: int = 60
@@ -350,9 +351,10 @@ class ExperimentConfig:
     experiment: str = "default"  # first component of every output path
     seed: int = 2022
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
-    precision: Literal["fp32", "bf16"] = "fp32"  # autocast dtype for teacher forwards
-    channels_last: bool = False  # memory format for conv inputs
-    compile: bool = False  # torch.compile the teacher losses (loop) and the meta-training episode
+    # speed settings; "auto" picks what is fast on the machine at hand (purer/runtime.py)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # autocast dtype for teacher forwards
+    channels_last: bool | Literal["auto"] = False  # memory format for conv inputs
+    compile: bool | Literal["auto"] = False  # torch.compile the teacher losses (loop) and the meta-training episode
     results_dir: str = "results"
     data_dir: str = "data"  # cache of decoded datasets
     datasets: dict[str, DatasetConfig] = field(default_factory=lambda: {"glyphs": DatasetConfig()})

@@ -251,12 +251,14 @@ def test_cli_list_and_train(tmp_path, capsys):
     path, config = setup_pool(tmp_path, conv4_width=4, epochs=1)
     assert main(["pool", "list", "--config", str(path), "--count"]) == 0
     assert capsys.readouterr().out.strip() == "4"
-    assert main(["pool", "list", "-c", str(path), "--set", "pool.max_teachers=2"]) == 0
+    first_two = ["--set", "pool.max_teachers=2", "--set", "pool.block_selection=first"]
+    assert main(["pool", "list", "-c", str(path), *first_two]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 3 and "9" not in out[-1] and "3,4,5" in out[-1]
+    assert out[0].split()[0] == "index" and len(out) == 6
+    assert "9" not in out[2] and "3,4,5" in out[2] and out[3].startswith("2 teachers")
     assert main(["pool", "train", "-c", str(path), "--teacher", "7"]) == 2
     assert "teacher index 7 out of range (pool has 4 teachers)" in capsys.readouterr().err
-    two = ["-c", str(path), "--set", "pool.max_teachers=2"]
+    two = ["-c", str(path), *first_two]
     assert main(["pool", "manifest", *two]) == 2
     assert "teacher checkpoint not found" in capsys.readouterr().err
     for i in range(2):

@@ -67,7 +67,9 @@ def test_train_tiny_teacher(tmp_path):
     assert [r["epoch"] for r in history["history"]] == [1, 2]
     accuracies = [r["val_accuracy"] for r in history["history"]]
     assert 0 <= checkpoint["val_accuracy"] <= 1 and checkpoint["val_accuracy"] == max(accuracies)
-    assert checkpoint["epoch"] == 1 + accuracies.index(max(accuracies)) == summary["best_epoch"]
+    kept = max(history["history"], key=lambda r: (r["val_accuracy"], -r["val_loss"], r["epoch"]))
+    assert checkpoint["epoch"] == kept["epoch"] == summary["best_epoch"]
+    assert checkpoint["val_loss"] == kept["val_loss"] and checkpoint["epochs"] == 2
     assert checkpoint["classes"] == [9] and checkpoint["num_outputs"] == 3 and checkpoint["channels"] == 3
     assert (checkpoint["mean"], checkpoint["std"], checkpoint["image_size"]) == ([0.5] * 3, [0.25] * 3, 16)
     assert not resume_path(out).exists()
@@ -86,7 +88,7 @@ def test_best_weights_are_a_copy_not_the_last_epoch(tmp_path, monkeypatch):
     path, config = setup_pool(tmp_path, conv4_width=8)
     train_teacher(config, 0, tmp_path / "two.pt")  # 2 epochs: the weights after epoch 2
     after_two = torch.load(tmp_path / "two.pt", weights_only=False)["state_dict"]
-    scores = iter([0.2, 0.9, 0.1])
+    scores = iter([(0.2, 1.0), (0.9, 1.0), (0.1, 1.0)])
     monkeypatch.setattr(pretrain, "evaluate", lambda *args: next(scores))
     three = load_config(path, ["pool.epochs=3"])
     train_teacher(three, 0, tmp_path / "three.pt")

@@ -6,10 +6,11 @@ import argparse
 
 from purer.config import ExperimentConfig, load_config
 from purer.runinfo import write_run_info
+from purer.runtime import resolve_speed_settings
 
 __all__ = ["load", "write_run_info"]
 
 
 def load(args: argparse.Namespace) -> ExperimentConfig:
-    """The experiment config from ``--config`` and ``--set``."""
-    return load_config(args.config, args.overrides)
+    """The experiment config from ``--config`` and ``--set``, its ``auto`` speed settings resolved."""
+    return resolve_speed_settings(load_config(args.config, args.overrides))

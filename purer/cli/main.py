@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
+
+from purer import __version__
 
 from purer.errors import PurerError
 from purer.hostmem import retain_freed_memory
@@ -40,15 +43,26 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
+def plain_text(docstring: str) -> str:
+    """A module docstring as terminal help: reStructuredText literals (````x````) shown as ``x``."""
+    return re.sub(r"``([^`]+)``", r"\1", docstring).strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="purer",
         description="Data-free meta-learning (PURER: ECI meta-training, ICFIL meta-testing).",
     )
+    parser.add_argument("--version", action="version", version=f"purer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<step>", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        step = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        step = sub.add_parser(
+            name,
+            help=help_text,
+            description=plain_text(module.__doc__ or help_text),
+            formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the docstring's lines
+        )
         module.add_arguments(step)
         step.set_defaults(_run=module.run)
     return parser

@@ -62,7 +62,7 @@ from purer.meta.learners import (
     meta_parameters,
 )
 from purer.meta.steps import check_outer_loss, data_step, handle_nonfinite, meta_step
-from purer.models.pool import Manifest, load_manifest, load_pool
+from purer.models.pool import Manifest, cut_to_max_teachers, load_manifest, load_pool
 from purer.models.pretrain import resolve_device
 from purer.runinfo import write_run_info
 from purer.seeding import make_generator
@@ -173,7 +173,7 @@ def prepare_run(
     mt, first = config.meta_train, config.pool.datasets[0]
     manifest = load_manifest(paths.manifest_path(config))
     if config.pool.max_teachers is not None:
-        manifest = dataclasses.replace(manifest, teachers=manifest.teachers[: config.pool.max_teachers])
+        manifest = dataclasses.replace(manifest, teachers=cut_to_max_teachers(config, manifest.teachers))
     split = load_split(paths.dataset_cache(config, first, "val"))
     episodes = fixed_episodes(split, mt.n_way, n_shot, mt.n_query, mt.val_episodes, seed=config.seed, name=f"{first}/val")
     spec = meta_model_spec(config, manifest.teachers, split.channels)

@@ -118,6 +118,38 @@ def _local_blocks(config: ExperimentConfig, slots: list[DatasetSlot]) -> list[tu
     return blocks
 
 
+BLOCK_SELECTIONS = ("spread", "first")
+
+
+def select_blocks(n_blocks: int, k: int | None, selection: str, generator: torch.Generator) -> list[int]:
+    """Which of ``n_blocks`` teachers (blocks, in partition order) a pool of at most ``k`` keeps.
+
+    ``"first"``: ``0..k-1``. ``"spread"``: the blocks are cut into k stretches
+    ``[floor(i*K/k), floor((i+1)*K/k))`` and one block of each stretch is drawn uniformly with
+    ``generator``, so the kept blocks span the whole (name-sorted) class range. Returned ascending.
+    ``k`` of ``None`` or at least ``n_blocks`` keeps every block (no draw).
+    """
+    if selection not in BLOCK_SELECTIONS:
+        raise ConfigError(f"pool.block_selection: unknown {selection!r} (valid: {list(BLOCK_SELECTIONS)})")
+    if k is None or k >= n_blocks:
+        return list(range(n_blocks))
+    if selection == "first":
+        return list(range(k))
+    kept = []
+    for i in range(k):
+        low, high = i * n_blocks // k, (i + 1) * n_blocks // k
+        kept.append(low + int(torch.randint(high - low, (), generator=generator)))
+    return kept
+
+
+def kept_blocks(config: ExperimentConfig, n_blocks: int) -> list[int]:
+    """:func:`select_blocks` for ``config``: ``pool.max_teachers`` and ``pool.block_selection``,
+    drawn with the generator derived from ``(seed, "pool", "blocks")``."""
+    pool = config.pool
+    generator = make_generator(config.seed, "pool", "blocks")
+    return select_blocks(n_blocks, pool.max_teachers, pool.block_selection, generator)
+
+
 def n_teachers(config: ExperimentConfig) -> int:
     """The number of teachers in the pool (cheap: no images are decoded)."""
     return len(teacher_specs(config, with_cache_info=False))
@@ -138,6 +170,8 @@ class TeacherSpec:
         num_outputs: logits of the head (``pool.n_way``, even for a short last block).
         channels, mean, std: ``None`` until the dataset's cache exists when the config leaves
             them to the dataset.
+        block: the teacher's position among the ``n_blocks`` teachers of the partition before
+            ``pool.max_teachers`` (equal to ``index`` when every block is kept).
     """
 
     index: int
@@ -151,13 +185,16 @@ class TeacherSpec:
     channels: int | None
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
+    block: int = 0
+    n_blocks: int = 1
 
 
 def read_cache_header(path: Path) -> dict[str, Any] | None:
-    """Channels, class names and normalisation of a cached split, without reading its images.
+    """Channels, class names, images per class and normalisation of a cached split, without
+    reading its images.
 
     Returns ``None`` if the cache does not exist. The file is memory-mapped, so only the small
-    entries are read.
+    entries (and the labels) are read.
     """
     if not Path(path).is_file():
         return None
@@ -173,6 +210,7 @@ def read_cache_header(path: Path) -> dict[str, Any] | None:
         "channels": int(raw["images"].shape[1]),
         "image_size": int(raw["images"].shape[-1]),
         "class_names": tuple(raw["class_names"]),
+        "class_counts": tuple(torch.bincount(raw["labels"], minlength=len(raw["class_names"])).tolist()),
         "mean": tuple(float(m) for m in raw["mean"]),
         "std": tuple(float(s) for s in raw["std"]),
     }
@@ -189,7 +227,8 @@ def _arch_kwargs(config: ExperimentConfig, architecture: str) -> dict[str, Any]:
 def teacher_specs(config: ExperimentConfig, with_cache_info: bool = True) -> list[TeacherSpec]:
     """The teachers of the pool, in index order (algorithm.md §1.1).
 
-    Architecture i is ``pool.architectures[i % len]``; ``pool.max_teachers`` keeps the first k.
+    Architecture i is ``pool.architectures[i % len]``; ``pool.max_teachers`` keeps k of the blocks,
+    chosen by ``pool.block_selection`` (:func:`kept_blocks`), renumbered ``0..k-1``.
 
     Args:
         config: the experiment.
@@ -198,11 +237,11 @@ def teacher_specs(config: ExperimentConfig, with_cache_info: bool = True) -> lis
     """
     slots = dataset_slots(config)
     blocks = _local_blocks(config, slots)
-    if config.pool.max_teachers is not None:
-        blocks = blocks[: config.pool.max_teachers]
+    kept = kept_blocks(config, len(blocks))
     infos = {slot.name: _dataset_info(config, slot.name, with_cache_info) for slot in slots}
     specs = []
-    for index, (slot, local) in enumerate(blocks):
+    for index, block in enumerate(kept):
+        slot, local = blocks[block]
         architecture = config.pool.architectures[index % len(config.pool.architectures)]
         info = infos[slot.name]
         specs.append(
@@ -218,6 +257,8 @@ def teacher_specs(config: ExperimentConfig, with_cache_info: bool = True) -> lis
                 channels=info["channels"],
                 mean=info["mean"],
                 std=info["std"],
+                block=block,
+                n_blocks=len(blocks),
             )
         )
     return specs
@@ -232,6 +273,41 @@ def _dataset_info(config: ExperimentConfig, name: str, with_cache_info: bool) ->
         if header is not None:
             info = {key: header[key] if info[key] is None else info[key] for key in info}
     return info
+
+
+COVERAGE_NAMES_SHOWN = 12
+
+
+def coverage(config: ExperimentConfig, specs: list[TeacherSpec] | None = None) -> str:
+    """One line saying which blocks and meta-train classes the pool's teachers cover.
+
+    For example ``pool covers 2 of 4 blocks (block_selection spread): blocks 1, 3; 10 of 20
+    meta-train classes: a, b, ...``. Class names come from the train caches when they exist
+    (global ids otherwise); at most :data:`COVERAGE_NAMES_SHOWN` are listed.
+    """
+    specs = teacher_specs(config, with_cache_info=False) if specs is None else specs
+    slots = dataset_slots(config)
+    names: list[str] = []
+    for slot in slots:
+        header = read_cache_header(paths.dataset_cache(config, slot.name, "train"))
+        found = header["class_names"] if header is not None else ()
+        if len(found) != slot.n_classes:
+            found = tuple(str(slot.offset + c) for c in range(slot.n_classes))
+        names += [name if len(slots) == 1 else f"{slot.name}/{name}" for name in found]
+    classes = sorted({c for spec in specs for c in spec.classes})
+    n_blocks = specs[0].n_blocks if specs else 0
+    blocks = _abbreviate([str(spec.block) for spec in specs])
+    how = f" (block_selection {config.pool.block_selection})" if len(specs) < n_blocks else ""
+    return (
+        f"pool covers {len(specs)} of {n_blocks} blocks{how}: blocks {blocks}; "
+        f"{len(classes)} of {len(names)} meta-train classes: {_abbreviate([names[c] for c in classes])}"
+    )
+
+
+def _abbreviate(items: list[str], limit: int = COVERAGE_NAMES_SHOWN) -> str:
+    """``a, b, c`` or, beyond ``limit`` items, ``a, b, ... (+N more)``."""
+    text = ", ".join(items[:limit])
+    return text + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 def teacher_spec(config: ExperimentConfig, index: int) -> TeacherSpec:
@@ -313,6 +389,7 @@ def write_manifest(config: ExperimentConfig, pool_dir: str | Path | None = None)
     ]
     write_yaml(target, {"format": MANIFEST_FORMAT, "datasets": datasets, "teachers": teachers})
     logger.info("wrote pool manifest %s (%d teachers)", target, len(teachers))
+    logger.info("%s", coverage(config))
     return target
 
 
@@ -334,6 +411,8 @@ def _dataset_record(config: ExperimentConfig, slot: DatasetSlot) -> dict[str, An
 
 
 def _teacher_record(spec: TeacherSpec, checkpoint: Path) -> dict[str, Any]:
+    """The manifest entry of one teacher; the training record (kept epoch, validation loss, the
+    selection rule) is copied when the checkpoint has it (older checkpoints: accuracy only)."""
     state = load_torch(checkpoint, "teacher checkpoint")
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"teacher checkpoint {checkpoint} has no 'state_dict' entry")
@@ -356,7 +435,21 @@ def _teacher_record(spec: TeacherSpec, checkpoint: Path) -> dict[str, Any]:
         "mean": [float(m) for m in state["mean"]],
         "std": [float(s) for s in state["std"]],
         "val_accuracy": float(state["val_accuracy"]),
-    }
+        "block": spec.block,
+    } | _training_record(state)
+
+
+def _training_record(state: dict[str, Any]) -> dict[str, Any]:
+    record = {}
+    if state.get("val_loss") is not None:
+        record["val_loss"] = float(state["val_loss"])
+    if state.get("epoch") is not None:
+        record["kept_epoch"] = int(state["epoch"])
+    if state.get("epochs") is not None:
+        record["epochs"] = int(state["epochs"])
+    if state.get("selection") is not None:
+        record["selection"] = str(state["selection"])
+    return record
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -538,6 +631,14 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
         bool: "true/false",
     }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def cut_to_max_teachers(config: ExperimentConfig, teachers: tuple[TeacherEntry, ...]) -> tuple[TeacherEntry, ...]:
+    """The teachers of a manifest that ``pool.max_teachers`` keeps, chosen as :func:`teacher_specs`
+    chooses blocks (``pool.block_selection``) with the manifest's teachers taken as the partition:
+    a manifest of the whole pool gives the blocks the config's own pool would have trained. A
+    manifest with at most ``max_teachers`` teachers is kept whole."""
+    return tuple(teachers[i] for i in kept_blocks(config, len(teachers)))
 
 
 # --------------------------------------------------------------------------------------------

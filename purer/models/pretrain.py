@@ -5,8 +5,11 @@ first ``1 - pool.val_fraction`` of its images (cache order) train and the rest v
 remapped to ``0..|block|-1``; no augmentation. Conv4 uses Adam, ResNets SGD (momentum 0.9, weight
 decay 5e-4); MultiStepLR is stepped once per epoch; the global gradient norm is clipped. The weights
 of the best validation epoch are kept by copy (the reference kept live references, so it saved the
-last epoch). Every ``pool.checkpoint_interval`` epochs a resume file is written; rerunning a killed
-job continues from it and, on CPU, ends with the same weights as an uninterrupted run.
+last epoch). "Best" is :data:`SELECTION`: the highest validation accuracy, ties broken by the lower
+validation loss, then by the later epoch, so a small validation set that saturates at 100% within a
+few epochs does not keep an under-trained teacher. Every ``pool.checkpoint_interval`` epochs a
+resume file is written; rerunning a killed job continues from it and, on CPU, ends with the same
+weights (and the same kept epoch) as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -30,13 +33,24 @@ from purer.data.cache import SplitData, load_split
 from purer.errors import ConfigError, DataError, PurerError
 from purer.io import load_torch, remove_stale_temporaries, save_torch, write_json
 from purer.models.backbones import build_backbone
-from purer.models.pool import TeacherSpec, teacher_spec
+from purer.models.pool import TeacherSpec, read_cache_header, teacher_spec
 from purer.seeding import derive_seed, make_generator
 from purer.tracking import progress
 
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 512
+
+SELECTION = "highest val accuracy, ties by lowest val loss, then latest epoch"
+
+# Seconds per training image (forward, backward, clip, optimiser step) with fp32 on CPU, measured by
+# benchmarks/bench_pretrain.py on the 2-core Xeon of benchmarks/README.md, at 32 and 84 px (RGB,
+# Conv4 of width 32). Used only for the estimate of `purer pool list`.
+CPU_SECONDS_PER_IMAGE = {
+    "conv4": {32: 1 / 2121, 84: 1 / 236},
+    "resnet10": {32: 1 / 144, 84: 1 / 17},
+    "resnet18": {32: 1 / 78, 84: 1 / 9},
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,12 @@ class BlockData:
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
+
+
+def train_val_sizes(n_images: int, val_fraction: float) -> tuple[int, int]:
+    """(train, validation) image counts of a class of ``n_images`` (at least 2): at least one each."""
+    n_val = min(max(1, round(n_images * val_fraction)), n_images - 1)
+    return n_images - n_val, n_val
 
 
 def block_data(
@@ -74,8 +94,7 @@ def block_data(
             raise DataError(
                 f"class {split.class_names[c]!r} has {len(ids)} images; a teacher needs at least 2"
             )
-        n_val = min(max(1, round(len(ids) * val_fraction)), len(ids) - 1)
-        n_train = len(ids) - n_val
+        n_train, n_val = train_val_sizes(len(ids), val_fraction)
         train_idx.append(ids[:n_train])
         val_idx.append(ids[n_train:])
         train_y.append(torch.full((n_train,), label, dtype=torch.int64))
@@ -172,15 +191,32 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: _Precision) -> float:
-    """Accuracy (fraction) of ``model`` in eval mode on ``x`` [N, C, H, W] with labels ``y`` [N]."""
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: _Precision
+) -> tuple[float, float]:
+    """Accuracy (fraction) and mean cross-entropy of ``model`` in eval mode on ``x`` [N, C, H, W]
+    with labels ``y`` [N]."""
     model.eval()
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
+    loss_sum = torch.zeros((), device=y.device)
     for start in range(0, len(y), EVAL_BATCH_SIZE):
         with precision.autocast():
             logits = model(precision.inputs(x[start : start + EVAL_BATCH_SIZE]))
-        correct += (logits.argmax(dim=1) == y[start : start + EVAL_BATCH_SIZE]).sum()
-    return float(correct) / len(y)
+        labels = y[start : start + EVAL_BATCH_SIZE]
+        correct += (logits.argmax(dim=1) == labels).sum()
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+    return float(correct) / len(y), float(loss_sum) / len(y)
+
+
+def is_better(accuracy: float, loss: float, best_accuracy: float, best_loss: float) -> bool:
+    """Whether a later epoch with validation ``accuracy``/``loss`` replaces the kept one (:data:`SELECTION`).
+
+    Higher accuracy wins; at equal accuracy, lower loss wins; at equal accuracy and loss, the later
+    epoch (this one) wins. A NaN loss never wins a tie.
+    """
+    if accuracy != best_accuracy:
+        return accuracy > best_accuracy
+    return loss <= best_loss or (math.isnan(best_loss) and not math.isnan(loss))
 
 
 @dataclass
@@ -193,6 +229,7 @@ class _State:
     generator: torch.Generator
     epoch: int = 0  # epochs completed
     best_accuracy: float = -1.0
+    best_loss: float = float("inf")  # validation loss of the kept epoch
     best_epoch: int = 0  # 1-based epoch whose weights are kept
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] | None = None
@@ -223,6 +260,7 @@ def _fingerprint(spec: TeacherSpec, config: ExperimentConfig, channels: int) -> 
             pool.val_fraction,
         ],
         "precision": config.precision,
+        "selection": SELECTION,  # resume files of an older selection rule are not continued
     }
 
 
@@ -237,6 +275,7 @@ def _save_resume(path: Path, state: _State, fingerprint: dict[str, Any]) -> None
             "generator": state.generator.get_state(),
             "epoch": state.epoch,
             "best_accuracy": state.best_accuracy,
+            "best_loss": state.best_loss,
             "best_epoch": state.best_epoch,
             "best_state": state.best_state,
             "history": state.history,
@@ -258,10 +297,81 @@ def _try_resume(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
     state.generator.set_state(saved["generator"])
     state.epoch, state.history = saved["epoch"], saved["history"]
     state.best_accuracy, state.best_epoch = saved["best_accuracy"], saved["best_epoch"]
+    state.best_loss = saved["best_loss"]
     state.best_state = {
         k: v.to(next(state.model.parameters()).device) for k, v in saved["best_state"].items()
     }
     logger.info("resuming teacher from %s after epoch %d", path, state.epoch)
+
+
+def seconds_per_image(architecture: str, image_size: int) -> float | None:
+    """Estimated CPU fp32 seconds to train on one image (:data:`CPU_SECONDS_PER_IMAGE`).
+
+    Interpolated (and extrapolated) as a power law of the image side between the two measured
+    sizes; ``None`` for an architecture that was not measured.
+    """
+    measured = CPU_SECONDS_PER_IMAGE.get(architecture)
+    if measured is None:
+        return None
+    (small, t_small), (large, t_large) = sorted(measured.items())
+    exponent = math.log(t_large / t_small) / math.log(large / small)
+    return t_small * (image_size / small) ** exponent
+
+
+def estimate_training_seconds(
+    architecture: str, image_size: int, n_train_images: int, epochs: int
+) -> float | None:
+    """A rough CPU fp32 estimate of one teacher's training time: epochs x images x seconds per image.
+
+    Validation passes and start-up are left out; ``precision: bf16`` with ``channels_last`` is
+    2-4x faster on a CPU with AVX-512 BF16, and a GPU is much faster (benchmarks/README.md).
+    """
+    per_image = seconds_per_image(architecture, image_size)
+    return None if per_image is None else epochs * n_train_images * per_image
+
+
+@dataclass(frozen=True)
+class PoolEstimate:
+    """The cost of training a pool, before any training.
+
+    Attributes:
+        train_images: training images of all teachers together (one epoch); ``None`` until the
+            train caches exist (glyphs: known from the config).
+        seconds: :func:`estimate_training_seconds` summed over the teachers; ``None`` if the images
+            are unknown or an architecture was not measured.
+        unmeasured: architectures of the pool without a measured cost.
+    """
+
+    train_images: int | None
+    seconds: float | None
+    unmeasured: tuple[str, ...]
+
+
+def estimate_pool(config: ExperimentConfig, specs: list[TeacherSpec]) -> PoolEstimate:
+    """Training images and an estimated CPU fp32 training time of the teachers ``specs``."""
+    counts = {name: _class_counts(config, name) for name in config.pool.datasets}
+    unmeasured = tuple(sorted({s.architecture for s in specs if s.architecture not in CPU_SECONDS_PER_IMAGE}))
+    if any(counts[s.dataset] is None for s in specs):
+        return PoolEstimate(None, None, unmeasured)
+    total_images, total_seconds = 0, 0.0
+    for spec in specs:
+        n_train = sum(train_val_sizes(counts[spec.dataset][c], config.pool.val_fraction)[0]
+                      for c in spec.local_classes if counts[spec.dataset][c] >= 2)  # fmt: skip
+        total_images += n_train
+        seconds = estimate_training_seconds(spec.architecture, spec.image_size, n_train, config.pool.epochs)
+        total_seconds += seconds or 0.0
+    return PoolEstimate(total_images, None if unmeasured else total_seconds, unmeasured)
+
+
+def _class_counts(config: ExperimentConfig, name: str) -> tuple[int, ...] | None:
+    """Train images per class of dataset ``name``: from its train cache, else (glyphs) the config."""
+    header = read_cache_header(paths.dataset_cache(config, name, "train"))
+    if header is not None:
+        return header["class_counts"]
+    dataset = config.datasets[name]
+    if dataset.source == "glyphs":
+        return (dataset.images_per_class,) * dataset.train_classes
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -291,7 +401,8 @@ def train_teacher(
         device: overrides ``config.device``.
 
     Returns:
-        A summary: index, val_accuracy (fraction), best_epoch, epochs, seconds.
+        A summary: index, val_accuracy (fraction), val_loss, best_epoch (the kept epoch), epochs,
+        selection (:data:`SELECTION`), seconds.
     """
     spec = teacher_spec(config, index)
     out_path = Path(out_path) if out_path is not None else paths.teacher_path(config, index)
@@ -337,16 +448,17 @@ def _run_epochs(
             raise PurerError(f"teacher {spec.index}: the training loss is not finite at epoch {epoch + 1}; "
                              "check pool.lr, pool.grad_clip, precision")
         state.scheduler.step()
-        val_accuracy = evaluate(state.model, data.val_x, data.val_y, precision)
+        val_accuracy, val_loss = evaluate(state.model, data.val_x, data.val_y, precision)
         state.epoch = epoch + 1
-        if val_accuracy > state.best_accuracy:
-            state.best_accuracy, state.best_epoch = val_accuracy, state.epoch
+        if is_better(val_accuracy, val_loss, state.best_accuracy, state.best_loss):
+            state.best_accuracy, state.best_loss, state.best_epoch = val_accuracy, val_loss, state.epoch
             state.best_state = copy.deepcopy(state.model.state_dict())
         record = {"epoch": state.epoch, "lr": lr, "train_loss": loss, "train_accuracy": accuracy}
-        state.history.append(record | {"val_accuracy": val_accuracy, "seconds": time.perf_counter() - start})
+        record |= {"val_accuracy": val_accuracy, "val_loss": val_loss}
+        state.history.append(record | {"seconds": time.perf_counter() - start})
         level = logging.INFO if state.epoch % pool.checkpoint_interval == 0 else logging.DEBUG
-        logger.log(level, "teacher %d epoch %d/%d: loss %.4f, train %.3f, val %.3f", spec.index, state.epoch,
-                   pool.epochs, loss, accuracy, val_accuracy)  # fmt: skip
+        logger.log(level, "teacher %d epoch %d/%d: loss %.4f, train %.3f, val %.3f (loss %.4f)", spec.index,
+                   state.epoch, pool.epochs, loss, accuracy, val_accuracy, val_loss)  # fmt: skip
         if state.epoch % pool.checkpoint_interval == 0 and state.epoch < pool.epochs:
             _save_resume(resume, state, fingerprint)
 
@@ -371,15 +483,20 @@ def _finish(
             "mean": list(split.mean),
             "std": list(split.std),
             "val_accuracy": state.best_accuracy,
-            "epoch": state.best_epoch,
+            "val_loss": state.best_loss,
+            "epoch": state.best_epoch,  # the kept epoch (1-based)
+            "epochs": state.epoch,
+            "selection": SELECTION,
         },
     )
     seconds = sum(r["seconds"] for r in state.history)
     summary = {
         "index": spec.index,
         "val_accuracy": state.best_accuracy,
+        "val_loss": state.best_loss,
         "best_epoch": state.best_epoch,
         "epochs": state.epoch,
+        "selection": SELECTION,
         "seconds": seconds,
     }
     write_json(
@@ -389,10 +506,13 @@ def _finish(
     )
     resume_path(out_path).unlink(missing_ok=True)
     logger.info(
-        "teacher %d: val accuracy %.3f (epoch %d), %.1f s",
+        "teacher %d: kept epoch %d of %d (val accuracy %.3f, val loss %.4f; %s), %.1f s",
         spec.index,
-        state.best_accuracy,
         state.best_epoch,
+        state.epoch,
+        state.best_accuracy,
+        state.best_loss,
+        SELECTION,
         seconds,
     )
     return summary

@@ -360,9 +360,18 @@ def latest_grid(run: Run) -> tuple[Path, int | None] | None:
     return best, iteration(best)
 
 
+def _optional_number(value: object) -> float:
+    """A manifest number as a float; NaN when absent or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return float("nan")
+    return float(value)
+
+
 def read_manifests(root: str | Path) -> pd.DataFrame:
     """Teachers of every ``**/pool/manifest.yaml`` under ``root``: pool, index, architecture,
-    val_accuracy (percent). Empty frame if there is no manifest."""
+    val_accuracy (percent), and, where the manifest records them (pools trained since the kept
+    epoch is recorded), val_loss, kept_epoch and epochs (NaN otherwise). Empty frame if there is
+    no manifest."""
     rows = []
     for path in sorted(Path(root).glob("**/pool/manifest.yaml")):
         try:
@@ -382,5 +391,6 @@ def read_manifests(root: str | Path) -> pd.DataFrame:
                     "architecture": str(teacher.get("architecture", "?")),
                     "val_accuracy": 100.0 * float(teacher["val_accuracy"]),
                 }
+                | {key: _optional_number(teacher.get(key)) for key in ("val_loss", "kept_epoch", "epochs")}
             )
     return pd.DataFrame(rows)

@@ -309,33 +309,60 @@ def _pool_size_figure(summary: pd.DataFrame) -> Figure:
 
 
 def _manifest_figure(manifests: pd.DataFrame) -> Figure:
+    """Per pool, the validation accuracy of each teacher with its kept epoch written on the bar
+    (``e12/40``) and, when the manifests record it, a second row with the validation loss of the
+    kept epoch, so a saturated pool (every teacher at 100%) still shows how the teachers differ."""
     pools = list(dict.fromkeys(manifests["pool"]))
     architectures = sorted(set(manifests["architecture"]))
     colours = dict(zip(architectures, sns.color_palette(PALETTE, len(architectures)), strict=True))
+    with_loss = bool(manifests["val_loss"].notna().any()) if "val_loss" in manifests else False
     with _style():
-        fig, axes = _figure(1, len(pools), (max(3.0, 0.3 * len(manifests) + 1.0), 2.6))
+        fig, axes = _figure(2 if with_loss else 1, len(pools), (max(3.0, 0.3 * len(manifests) + 1.0), 2.6))
         for j, pool in enumerate(pools):
-            ax = axes[0, j]
             data = manifests[manifests["pool"] == pool].sort_values("index")
             data = data.assign(teacher=[f"#{i}" for i in data["index"]])
-            sns.barplot(
-                data=data,
-                x="teacher",
-                y="val_accuracy",
-                hue="architecture",
-                hue_order=architectures,
-                palette=colours,
-                dodge=False,
-                errorbar=None,
-                legend=len(architectures) > 1,
-                ax=ax,
-            )
-            ax.set(title=f"teachers of pool {pool}", xlabel="teacher", ylabel="validation accuracy (%)")
+            title = f"teachers of pool {pool}" + (f" ({architectures[0]})" if len(architectures) == 1 else "")
+            ax = axes[0, j]
+            _teacher_bars(ax, data, "val_accuracy", architectures, colours)
+            ax.set(title=title, xlabel="teacher", ylabel="validation accuracy (%)", ylim=(0, 112))
+            _label_kept_epochs(ax, data)
             if len(architectures) > 1:
                 sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
-            else:
-                ax.set_title(f"teachers of pool {pool} ({architectures[0]})")
+            if with_loss:
+                ax = axes[1, j]
+                _teacher_bars(ax, data, "val_loss", architectures, colours, legend=False)
+                ax.set(xlabel="teacher", ylabel="validation loss (kept epoch)")
+                positive = data["val_loss"][data["val_loss"] > 0]
+                if len(positive) and positive.max() > 20 * positive.min():
+                    ax.set_yscale("log")
     return fig
+
+
+def _teacher_bars(
+    ax: Axes, data: pd.DataFrame, column: str, architectures: list[str], colours: dict, legend: bool = True
+) -> None:
+    sns.barplot(
+        data=data,
+        x="teacher",
+        y=column,
+        hue="architecture",
+        hue_order=architectures,
+        palette=colours,
+        dodge=False,
+        errorbar=None,
+        legend=legend and len(architectures) > 1,
+        ax=ax,
+    )
+
+
+def _label_kept_epochs(ax: Axes, data: pd.DataFrame) -> None:
+    """``e<kept>/<epochs>`` above each bar whose manifest entry records the kept epoch."""
+    if "kept_epoch" not in data:
+        return
+    for x, (kept, epochs, accuracy) in enumerate(zip(data["kept_epoch"], data["epochs"], data["val_accuracy"], strict=True)):
+        if pd.notna(kept):
+            label = f"e{int(kept)}" + (f"/{int(epochs)}" if pd.notna(epochs) else "")
+            ax.text(x, accuracy + 1.5, label, ha="center", va="bottom", fontsize=6)
 
 
 # --------------------------------------------------------------------------------------------
