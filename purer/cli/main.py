@@ -14,7 +14,6 @@ import re
 import sys
 
 from purer import __version__
-
 from purer.errors import PurerError
 from purer.hostmem import retain_freed_memory
 from purer.tracking import setup_logging
