@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -132,14 +133,18 @@ def test_prepare_killed_between_split_writes_leaves_the_old_cache_and_the_rerun_
     ],
     ids=["missing", "garbage", "truncated", "no-splits"],
 )
-def test_a_missing_or_unreadable_record_means_incomplete(tmp_path, builds, damage):
+def test_a_missing_or_unreadable_record_means_incomplete(tmp_path, builds, damage, caplog):
     config = experiment(tmp_path, GLYPHS)
     prepare_dataset(config, "ds")
     prepare_dataset(config, "ds")
     assert builds == ["glyphs"]  # complete and current: kept
     damage(cache_folder(tmp_path) / "dataset.json")
-    prepare_dataset(config, "ds")
+    with caplog.at_level(logging.WARNING, logger="purer.data.registry"):
+        prepare_dataset(config, "ds")
     assert builds == ["glyphs", "glyphs"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"ds: the cache in {cache_folder(tmp_path)} has no readable dataset.json (incomplete); rebuilding"
+    ]
     assert json.loads((cache_folder(tmp_path) / "dataset.json").read_text())["name"] == "ds"
 
 
@@ -169,14 +174,18 @@ def folder_experiment(tmp_path: Path, path: Path) -> ExperimentConfig:
     return experiment(tmp_path, DatasetConfig(source="folder", path=str(path), image_size=8))
 
 
-def test_changing_the_path_or_the_source_files_invalidates_the_cache(tmp_path, builds):
+def test_changing_the_path_or_the_source_files_invalidates_the_cache(tmp_path, builds, caplog):
     write_tree(tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")  # same names, sizes and times, another place
     prepare_dataset(folder_experiment(tmp_path, tmp_path / "a"), "ds")
     prepare_dataset(folder_experiment(tmp_path, tmp_path / "a"), "ds")
     assert len(builds) == 1
-    prepare_dataset(folder_experiment(tmp_path, tmp_path / "b"), "ds")
+    with caplog.at_level(logging.WARNING, logger="purer.data.registry"):
+        prepare_dataset(folder_experiment(tmp_path, tmp_path / "b"), "ds")
     assert len(builds) == 2  # another path: rebuilt
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "ds: cached splits were built from a different dataset config or source data; rebuilding"
+    ]
     record = json.loads((cache_folder(tmp_path, 8) / "dataset.json").read_text())
     assert record["data"]["path"] == str((tmp_path / "b").resolve())
 
