@@ -219,6 +219,21 @@ def test_source_signature_of_a_file_a_folder_and_no_path(tmp_path):
     assert len(source_signature(DatasetConfig(source="folder", path=str(tmp_path / "tree")))["signature"]) == 64
 
 
+def test_a_cifar_folder_is_signed_by_its_archive_only(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "cifar-100-python.tar.gz").write_bytes(b"archive")
+    (raw / "notes.txt").write_text("unrelated")
+    dataset = DatasetConfig(source="cifar-fs", path=str(raw))
+    first = source_signature(dataset)
+    (raw / "notes.txt").write_text("unrelated, edited")
+    (raw / "other-dataset").mkdir()
+    assert source_signature(dataset) == first
+    (raw / "cifar-100-python.tar.gz").write_bytes(b"another archive")
+    assert source_signature(dataset)["signature"] != first["signature"]
+    assert first["path"] == str(raw.resolve())
+
+
 def test_atomic_dir_swaps_whole_folders_and_removes_what_dead_writers_left(tmp_path):
     target = tmp_path / "out"
     with atomic_dir(target) as tmp:

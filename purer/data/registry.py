@@ -50,6 +50,11 @@ TRAIN_CLASS_COUNTERS: dict[str, Callable[[DatasetConfig], int]] = {
     "folder": folder.count_train_classes,
 }
 
+# what a source reads below a folder `path`, when not the whole folder (signed by source_signature)
+SIGNED_PATHS: dict[str, Callable[[Path], Path]] = {
+    "cifar-fs": lambda root: root if root.is_file() or root.name.endswith((".tar.gz", ".tgz")) else root / cifar_fs.OFFICIAL_NAME,
+}
+
 RECORD_NAME = "dataset.json"
 RECORD_FORMAT = "purer-dataset/1"
 
@@ -106,18 +111,20 @@ def source_signature(dataset: DatasetConfig) -> dict[str, Any] | None:
     ``path`` is resolved (symlinks, ``~``, relative to the working folder). The signature is a
     SHA-256 over, for a file, its size and modification time (ns); for a folder, the relative path,
     size and modification time of every visible file below it (hidden names skipped, as the sources
-    skip them; symlinked folders followed once). Nothing is read, so it costs one ``stat`` per file.
-    A missing path gets signature None.
+    skip them; symlinked folders followed once), or of the one file the source reads there
+    (:data:`SIGNED_PATHS`: cifar-fs reads ``<path>/cifar-100-python.tar.gz``). Nothing is read, so it
+    costs one ``stat`` per file. A missing path gets signature None.
     """
     if dataset.path is None:
         return None
     root = Path(dataset.path).expanduser().resolve()
+    signed = SIGNED_PATHS.get(dataset.source, lambda path: path)(root)
     digest = hashlib.sha256()
-    if root.is_file():
-        stat = root.stat()
+    if signed.is_file():
+        stat = signed.stat()
         digest.update(f"{stat.st_size}\t{stat.st_mtime_ns}".encode())
-    elif root.is_dir():
-        for relative, stat in _walk_files(root):
+    elif signed.is_dir():
+        for relative, stat in _walk_files(signed):
             digest.update(f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     else:
         return {"path": str(root), "signature": None}
@@ -128,15 +135,15 @@ def _walk_files(root: Path) -> list[tuple[str, os.stat_result]]:
     """``(relative path, stat)`` of every visible file under ``root``, sorted by path."""
     found = []
     seen_dirs = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        key = (os.stat(folder).st_dev, os.stat(folder).st_ino)
-        if key in seen_dirs:  # a symlink loop
+    for current, dirs, files in os.walk(root, followlinks=True):
+        stat = os.stat(current)
+        if (stat.st_dev, stat.st_ino) in seen_dirs:  # a symlink loop
             dirs[:] = []
             continue
-        seen_dirs.add(key)
+        seen_dirs.add((stat.st_dev, stat.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(f for f in files if not f.startswith(".")):
-            full = os.path.join(folder, name)
+            full = os.path.join(current, name)
             try:
                 found.append((os.path.relpath(full, root), os.stat(full)))
             except OSError:  # a dangling symlink: the source reports it when it reads the file
