@@ -113,6 +113,7 @@ def test_report_refuses_to_replace_a_folder_with_other_files(tmp_path, report, c
     root, out = write_results(tmp_path / "results"), tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
+    (out / ".DS_Store").write_bytes(b"finder")  # hidden names alone would not stop it
     assert report(root, out) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(
@@ -120,7 +121,11 @@ def test_report_refuses_to_replace_a_folder_with_other_files(tmp_path, report, c
         r"the report replaces its folder as a whole, so choose a new or empty folder with --out",
         err,
     ), err
-    assert files(out) == {"notes.txt": b"keep me"}
+    assert files(out) == {"notes.txt": b"keep me", ".DS_Store": b"finder"}
+    (out / "notes.txt").unlink()
+    assert report(root, out) == 0  # a folder with only hidden files is replaced
+    assert "summary.json" in files(out) and ".DS_Store" not in files(out)
+    capsys.readouterr()
 
     afile = tmp_path / "afile"
     afile.write_text("x")

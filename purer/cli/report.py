@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
-# what a report folder holds: anything else in an existing `out` is not ours to replace
+# what a report folder holds: anything else in an existing `out` (but hidden names: temporaries,
+# .DS_Store) is not ours to replace
 REPORT_ENTRIES = frozenset({"tables", "figures", "summary.json", "env.json", "config.resolved.yaml"})
 
 
@@ -74,7 +75,7 @@ def check_replaceable(out: Path) -> None:
         return
     if not out.is_dir():
         raise ConfigError(f"report folder {out} is a file, not a folder")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in REPORT_ENTRIES and not p.name.endswith(".tmp"))
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in REPORT_ENTRIES and not p.name.startswith("."))
     if foreign:
         raise ConfigError(
             f"{out} holds {foreign[0]!r}, which is not part of a purer report: the report replaces its "
