@@ -23,6 +23,7 @@ from purer.config import DatasetConfig, ExperimentConfig, PoolConfig
 from purer.data import folder, glyphs, registry
 from purer.data.cache import load_split
 from purer.data.registry import DATASETS, prepare_dataset, source_signature
+from purer.errors import DataError
 from purer.io import atomic_dir, remove_stale_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +140,7 @@ def test_a_missing_or_unreadable_record_means_incomplete(tmp_path, builds, damag
     prepare_dataset(config, "ds")
     assert builds == ["glyphs"]  # complete and current: kept
     damage(cache_folder(tmp_path) / "dataset.json")
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="purer.data.registry"):
         prepare_dataset(config, "ds")
     assert builds == ["glyphs", "glyphs"]
@@ -180,6 +182,7 @@ def test_changing_the_path_or_the_source_files_invalidates_the_cache(tmp_path, b
     prepare_dataset(folder_experiment(tmp_path, tmp_path / "a"), "ds")
     prepare_dataset(folder_experiment(tmp_path, tmp_path / "a"), "ds")
     assert len(builds) == 1
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="purer.data.registry"):
         prepare_dataset(folder_experiment(tmp_path, tmp_path / "b"), "ds")
     assert len(builds) == 2  # another path: rebuilt
@@ -203,6 +206,24 @@ def test_changing_the_path_or_the_source_files_invalidates_the_cache(tmp_path, b
     (tmp_path / "b" / "train" / ".DS_Store").write_bytes(b"finder")
     prepare_dataset(folder_experiment(tmp_path, tmp_path / "b"), "ds")
     assert len(builds) == 4  # a hidden file, which the source skips too: kept
+
+
+def test_a_cache_whose_source_is_gone_is_kept_but_another_path_is_not(tmp_path, builds, caplog):
+    """A cache fetched without its raw data (``dvc pull``) stays usable; a new ``path`` still invalidates it."""
+    write_tree(tmp_path / "a")
+    prepare_dataset(folder_experiment(tmp_path, tmp_path / "a"), "ds")
+    (tmp_path / "a").rename(tmp_path / "moved")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="purer.data.registry"):
+        prepare_dataset(folder_experiment(tmp_path, tmp_path / "a"), "ds")
+    assert len(builds) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"ds: no source data at {(tmp_path / 'a').resolve()}; keeping the cached splits built from it"
+    ]
+    assert registry.n_train_classes(folder_experiment(tmp_path, tmp_path / "a"), "ds") == 2
+    with pytest.raises(DataError, match="image folder not found"):
+        prepare_dataset(folder_experiment(tmp_path, tmp_path / "elsewhere"), "ds")
+    assert class_counts(cache_folder(tmp_path, 8)) == (2, 2, 2)  # the failed rebuild left the cache alone
 
 
 def test_source_signature_of_a_file_a_folder_and_no_path(tmp_path):

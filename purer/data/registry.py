@@ -155,7 +155,9 @@ def cache_is_current(config: ExperimentConfig, name: str) -> bool:
     """All split files exist and the ``dataset.json`` is readable and matches the current config and source.
 
     A missing or unreadable record means the cache is incomplete (an interrupted build) or of
-    unknown origin: not current.
+    unknown origin: not current. When the source data is gone from the recorded ``path`` (e.g. a
+    cache fetched with ``dvc pull`` without the raw data) there is nothing to compare with or rebuild
+    from, and the cache counts as current.
     """
     if not all(p.is_file() for p in cache_paths(config, name).values()):
         return False
@@ -163,7 +165,12 @@ def cache_is_current(config: ExperimentConfig, name: str) -> bool:
     if record is None:
         return False
     dataset = config.datasets[name]
-    return record.get("config") == fingerprint(dataset) and record.get("data") == source_signature(dataset)
+    if record.get("config") != fingerprint(dataset):
+        return False
+    source, recorded = source_signature(dataset), record.get("data")
+    if source is not None and source["signature"] is None and isinstance(recorded, dict):
+        return recorded.get("path") == source["path"]
+    return recorded == source
 
 
 def check_splits(splits: dict[str, SplitData], dataset: DatasetConfig, source: str) -> None:
@@ -199,7 +206,11 @@ def prepare_dataset(config: ExperimentConfig, name: str, force: bool = False) ->
     dataset = dataset_config(config, name)
     paths = cache_paths(config, name)
     if not force and cache_is_current(config, name):
-        log.info("%s: cached splits are up to date in %s", name, paths["train"].parent)
+        source = source_signature(dataset)
+        if source is not None and source["signature"] is None:
+            log.warning("%s: no source data at %s; keeping the cached splits built from it", name, source["path"])
+        else:
+            log.info("%s: cached splits are up to date in %s", name, paths["train"].parent)
         return paths
     if not force and paths["train"].parent.exists():
         if read_record(config, name) is None:
@@ -244,15 +255,21 @@ def make_record(dataset: DatasetConfig, name: str, splits: dict[str, SplitData])
 def n_train_classes(config: ExperimentConfig, name: str) -> int:
     """Number of meta-train classes of dataset ``name``, without decoding any image.
 
-    Read from a current cache when there is one (its ``dataset.json``), or from the ``train.pt``
-    class names (memory-mapped) of a hand-made cache without a record; otherwise counted by the source (glyphs: ``train_classes``;
-    mini-imagenet: labels in ``train.csv``; cifar-fs: the embedded train list; folder: sub-folders
-    of ``<path>/train``). Cheap enough to call while a workflow is being parsed.
+    Read from the cache's ``dataset.json`` when it matches the dataset config and the source data
+    is unchanged or absent here (e.g. a cache fetched with ``dvc pull`` without the raw data), or
+    from the ``train.pt`` class names (memory-mapped) of a hand-made cache without a record;
+    otherwise counted by the source (glyphs: ``train_classes``; mini-imagenet: labels in
+    ``train.csv``; cifar-fs: the embedded train list; folder: sub-folders of ``<path>/train``).
+    Cheap enough to call while a workflow is being parsed.
     """
     dataset = dataset_config(config, name)
-    if cache_is_current(config, name):
-        return int(read_record(config, name)["splits"]["train"]["n_classes"])
-    if read_record(config, name) is None and all(p.is_file() for p in cache_paths(config, name).values()):
+    complete = all(p.is_file() for p in cache_paths(config, name).values())
+    record = read_record(config, name)
+    if complete and record is not None and record.get("config") == fingerprint(dataset):
+        source = source_signature(dataset)
+        if source is None or source["signature"] is None or record.get("data") == source:
+            return int(record["splits"]["train"]["n_classes"])
+    if complete and record is None:
         return _cached_class_count(cache_paths(config, name)["train"])  # a hand-made cache without a record
     if dataset.source not in TRAIN_CLASS_COUNTERS:
         raise ConfigError(f"unknown dataset source {dataset.source!r} (valid: {sorted(TRAIN_CLASS_COUNTERS)})")
