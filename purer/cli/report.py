@@ -70,7 +70,7 @@ REPORT_ENTRIES = frozenset({"tables", "figures", "summary.json", "env.json", "co
 
 
 def check_replaceable(out: Path) -> None:
-    """Raise ConfigError if ``out`` exists and holds anything a report does not write (it will be replaced whole)."""
+    """Raise ConfigError if ``out`` exists and holds anything a report does not write (``out`` is replaced whole)."""
     if not out.exists():
         return
     if not out.is_dir():

@@ -87,7 +87,10 @@ def infer_channels(files: list[Path]) -> int:
     return 1 if all(image_mode(p) in GREY_MODES for p in files) else 3
 
 
-def check_disjoint_classes(root: Path, scanned: dict[str, tuple[list[Path], torch.Tensor, tuple[str, ...]]]) -> None:
+Scanned = dict[str, tuple[list[Path], torch.Tensor, tuple[str, ...]]]  # split -> scan_split's result
+
+
+def check_disjoint_classes(root: Path, scanned: Scanned) -> None:
     """Raise DataError if a class name is in two splits (few-shot splits have disjoint classes)."""
     seen: dict[str, str] = {}
     for split, (_, _, class_names) in scanned.items():
@@ -100,7 +103,7 @@ def check_disjoint_classes(root: Path, scanned: dict[str, tuple[list[Path], torc
             seen[name] = split
 
 
-def shared_images(scanned: dict[str, tuple[list[Path], torch.Tensor, tuple[str, ...]]]) -> list[tuple[Path, Path]]:
+def shared_images(scanned: Scanned) -> list[tuple[Path, Path]]:
     """Pairs of byte-identical image files in two different splits (first file, later file).
 
     Cheap: only files whose size occurs in two splits are read and hashed (SHA-256).
@@ -121,7 +124,7 @@ def shared_images(scanned: dict[str, tuple[list[Path], torch.Tensor, tuple[str, 
     return sorted(pairs)
 
 
-def warn_shared_images(scanned: dict[str, tuple[list[Path], torch.Tensor, tuple[str, ...]]]) -> None:
+def warn_shared_images(scanned: Scanned) -> None:
     """Log a warning when splits share byte-identical images (a copied file; blank frames can match too)."""
     pairs = shared_images(scanned)
     if pairs:

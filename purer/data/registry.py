@@ -50,10 +50,14 @@ TRAIN_CLASS_COUNTERS: dict[str, Callable[[DatasetConfig], int]] = {
     "folder": folder.count_train_classes,
 }
 
+
+def _cifar_archive(root: Path) -> Path:
+    """The archive cifar-fs reads at ``root``: ``root`` itself, or ``root/cifar-100-python.tar.gz``."""
+    return root if root.is_file() or root.name.endswith((".tar.gz", ".tgz")) else root / cifar_fs.OFFICIAL_NAME
+
+
 # what a source reads below a folder `path`, when not the whole folder (signed by source_signature)
-SIGNED_PATHS: dict[str, Callable[[Path], Path]] = {
-    "cifar-fs": lambda root: root if root.is_file() or root.name.endswith((".tar.gz", ".tgz")) else root / cifar_fs.OFFICIAL_NAME,
-}
+SIGNED_PATHS: dict[str, Callable[[Path], Path]] = {"cifar-fs": _cifar_archive}
 
 RECORD_NAME = "dataset.json"
 RECORD_FORMAT = "purer-dataset/1"
@@ -100,7 +104,8 @@ def read_record(config: ExperimentConfig, name: str) -> dict[str, Any] | None:
         return None
     splits = record.get("splits")
     complete = isinstance(splits, dict) and all(
-        isinstance(splits.get(split), dict) and isinstance(splits[split].get("n_classes"), int) for split in SPLITS
+        isinstance(splits.get(split), dict) and isinstance(splits[split].get("n_classes"), int)
+        for split in SPLITS
     )
     return record if complete else None
 
@@ -125,7 +130,8 @@ def source_signature(dataset: DatasetConfig) -> dict[str, Any] | None:
         digest.update(f"{stat.st_size}\t{stat.st_mtime_ns}".encode())
     elif signed.is_dir():
         for relative, stat in _walk_files(signed):
-            digest.update(f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            line = f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+            digest.update(line.encode("utf-8", "surrogateescape"))
     else:
         return {"path": str(root), "signature": None}
     return {"path": str(root), "signature": digest.hexdigest()}
@@ -214,9 +220,12 @@ def prepare_dataset(config: ExperimentConfig, name: str, force: bool = False) ->
         return paths
     if not force and paths["train"].parent.exists():
         if read_record(config, name) is None:
-            log.warning("%s: the cache in %s has no readable dataset.json (incomplete); rebuilding", name, paths["train"].parent)
+            folder = paths["train"].parent
+            log.warning("%s: the cache in %s has no readable dataset.json (incomplete); rebuilding", name, folder)
         else:
-            log.warning("%s: cached splits were built from a different dataset config or source data; rebuilding", name)
+            log.warning(
+                "%s: cached splits were built from a different dataset config or source data; rebuilding", name
+            )
     builder = get_builder(dataset.source)
     log.info("%s: building from source %r (%d px) into %s", name, dataset.source, dataset.image_size, paths["train"].parent)
     start = time.perf_counter()
