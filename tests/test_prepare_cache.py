@@ -222,6 +222,8 @@ def test_a_cache_whose_source_is_gone_is_kept_but_another_path_is_not(tmp_path, 
     ]
     assert registry.n_train_classes(folder_experiment(tmp_path, tmp_path / "a"), "ds") == 2
     with pytest.raises(DataError, match="image folder not found"):
+        prepare_dataset(folder_experiment(tmp_path, tmp_path / "a"), "ds", force=True)
+    with pytest.raises(DataError, match="image folder not found"):
         prepare_dataset(folder_experiment(tmp_path, tmp_path / "elsewhere"), "ds")
     assert class_counts(cache_folder(tmp_path, 8)) == (2, 2, 2)  # the failed rebuild left the cache alone
 
