@@ -9,6 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import secrets
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +42,81 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; swap it in for ``path`` only if the block succeeds.
+
+    The previous ``path`` (if any) is renamed aside, the new folder renamed onto ``path``, then the
+    previous one deleted: a reader finds the old folder or the new one, never a mix of both (between
+    the two renames ``path`` is briefly absent, which reads as "not built"). A Python exception
+    removes the temporary folder and leaves ``path`` untouched. The folders of a killed process
+    (``.<name>.<host>-<pid>.<random>.tmp``) are deleted by the next call for ``path`` on the same host
+    once that process is gone.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_dirs(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700; outputs get the usual mode
+        _swap_in(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _owner() -> str:
+    """``<host>-<pid>`` of this process, as written into temporary folder names."""
+    return f"{re.sub(r'[^A-Za-z0-9.-]', '_', socket.gethostname())}-{os.getpid()}"
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename ``new`` onto ``path``, moving an existing ``path`` aside first and deleting it after."""
+    if not (path.exists() or path.is_symlink()):
+        os.rename(new, path)
+        return
+    old = path.parent / f".{path.name}.{_owner()}.{secrets.token_hex(4)}.tmp"
+    os.rename(path, old)
+    os.rename(new, path)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+def remove_stale_dirs(path: str | Path) -> int:
+    """Delete the temporary folders of :func:`atomic_dir` for ``path`` whose process is gone.
+
+    Only folders written on this host are considered (a process id means nothing on another
+    host of a shared file system); a live process's folder is kept. Returns the number removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return 0
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+    host = _owner().rsplit("-", 1)[0]
+    removed = 0
+    for entry in path.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match is None or match["host"] != host or not entry.is_dir() or _alive(int(match["pid"])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def remove_stale_temporaries(folder: str | Path, prefix: str = "") -> int:

@@ -179,14 +179,16 @@ def _cache_dir(tmp_path: Path) -> Path:
 
 
 def _image_tree(root: Path, splits=("train", "val", "test"), classes=("a", "b", "c"), size: int = 8) -> None:
-    """Two random grey PNGs per class in ``<root>/<split>/<class>/``."""
+    """Two random grey PNGs per class in ``<root>/<split>/<class>/`` (``<split>_<class>`` outside train:
+    the splits have disjoint classes)."""
     generator = np.random.default_rng(0)
     for split in splits:
         for name in classes:
-            (root / split / name).mkdir(parents=True, exist_ok=True)
+            folder = root / split / (name if split == "train" else f"{split}_{name}")
+            folder.mkdir(parents=True, exist_ok=True)
             for i in range(2):
                 pixels = generator.integers(0, 256, (size, size), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+                Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
 def test_missing_mini_imagenet(capsys, tmp_path):

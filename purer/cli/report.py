@@ -10,6 +10,8 @@ from pathlib import Path
 from purer import paths
 from purer.cli import common
 from purer.cli.main import add_common_arguments
+from purer.errors import ConfigError
+from purer.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +40,21 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else paths.report_dir(config)
     tables.check_formats(config.report.formats)
     figures.check_formats(config.report.figure_formats)
+    check_replaceable(out)
     # read and build everything first: a bad input leaves no partial report behind
     summary = aggregate.summarise(aggregate.collect_metrics(root))
     built_tables = tables.build_tables(summary)
     main_table = next(t for t in built_tables if t.name == "main")
     built_figures = figures.build_figures(summary, main_table, root)
-    written = tables.write_tables(built_tables, out / "tables", config.report.formats)
-    written += figures.save_figures(built_figures, out / "figures", config.report.figure_formats)
-    written.append(aggregate.write_summary(out / "summary.json", summary))
-    common.write_run_info(out, config)
+    # the whole report is written into a temporary folder that then replaces `out`: an interrupted
+    # report leaves the previous one intact, and files of formats no longer configured disappear
+    with atomic_dir(out) as tmp:
+        written = tables.write_tables(built_tables, tmp / "tables", config.report.formats)
+        written += figures.save_figures(built_figures, tmp / "figures", config.report.figure_formats)
+        written.append(aggregate.write_summary(tmp / "summary.json", summary))
+        common.write_run_info(tmp, config)
     for path in written:
-        logger.info("wrote %s", path)
+        logger.info("wrote %s", out / path.relative_to(tmp))
     logger.info(
         "report: %d result cells, %d tables, %d figures in %s",
         len(summary),
@@ -56,3 +62,22 @@ def run(args: argparse.Namespace) -> None:
         len(built_figures),
         out,
     )
+
+
+# what a report folder holds: anything else in an existing `out` (but hidden names: temporaries,
+# .DS_Store) is not ours to replace
+REPORT_ENTRIES = frozenset({"tables", "figures", "summary.json", "env.json", "config.resolved.yaml"})
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise ConfigError if ``out`` exists and holds anything a report does not write (``out`` is replaced whole)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"report folder {out} is a file, not a folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in REPORT_ENTRIES and not p.name.startswith("."))
+    if foreign:
+        raise ConfigError(
+            f"{out} holds {foreign[0]!r}, which is not part of a purer report: the report replaces its "
+            "folder as a whole, so choose a new or empty folder with --out"
+        )

@@ -11,6 +11,7 @@ import io
 import logging
 import multiprocessing
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ from purer.tracking import progress
 
 log = logging.getLogger(__name__)
 
-GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# integer greyscale modes wider than 8 bits, scaled to 8 bits by their type's range (not clipped)
+WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+UINT16_MAX = 65535
 CHUNK = 512  # images per worker task
 SERIAL_BELOW = 2048  # fewer images than this are decoded in-process
 
@@ -52,11 +56,30 @@ def resize_array(image: Image.Image, mode: str, size: int) -> np.ndarray:
     Returns:
         uint8 [C, size, size] (C = 1 for ``L``, 3 for ``RGB``).
     """
-    image = image.convert(mode)
+    image = to_8bit(image).convert(mode)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """An 8-bit ``L`` image for a 16- or 32-bit integer greyscale image; any other image unchanged.
+
+    Pillow's own conversion clips such values at 255 (a 16-bit image turns solid white). Here they
+    are scaled by the range of their type: ``I;16*`` by 65535; ``I`` (32-bit, which is how some
+    readers return 16-bit data) by 65535 when every value lies in [0, 65535], else linearly from the
+    signed 32-bit range. 8-bit value = round(value / range * 255).
+    """
+    if image.mode not in WIDE_MODES:
+        return image
+    values = np.asarray(image).astype(np.float64)
+    if image.mode != "I" or (values.size and values.min() >= 0 and values.max() <= UINT16_MAX):
+        scaled = values / UINT16_MAX
+    else:
+        info = np.iinfo(np.int32)
+        scaled = (values - info.min) / (float(info.max) - info.min)
+    return Image.fromarray(np.rint(scaled * 255).astype(np.uint8), mode="L")
 
 
 def decode(data: bytes | str | Path, mode: str, size: int, where: str) -> np.ndarray:
@@ -75,11 +98,21 @@ def decode(data: bytes | str | Path, mode: str, size: int, where: str) -> np.nda
         DataError: the image is truncated, corrupt or not an image.
     """
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-            image.load()
-            return resize_array(image, mode, size)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # too large: refused, not decoded
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+                image.load()
+                return resize_array(image, mode, size)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(too_large_message(where, exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image {where}: {type(exc).__name__}: {exc}") from None
+
+
+def too_large_message(where: str, exc: Exception) -> str:
+    """The one-line error for an image above Pillow's decompression-bomb limit."""
+    detail = str(exc).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+    return f"image {where} is too large to decode ({detail}; Pillow refuses it as a possible decompression bomb)"
 
 
 _ZIPS: dict[tuple, zipfile.ZipFile] = {}

@@ -19,6 +19,7 @@ import csv
 import io
 import logging
 import os
+import posixpath
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,11 +162,26 @@ def check_disjoint(tables: dict[str, list[tuple[str, str]]], layout: RaviLayout)
             seen[label] = split
 
 
+def check_disjoint_files(tables: dict[str, list[tuple[str, str]]], layout: RaviLayout) -> None:
+    """Raise DataError if an image file is listed in two splits' CSVs (the same image in train and test)."""
+    seen: dict[str, str] = {}
+    for split, rows in tables.items():
+        for filename, _ in rows:
+            key = posixpath.normpath(filename.replace("\\", "/"))
+            if key in seen and seen[key] != split:
+                raise DataError(
+                    f"{layout.describe('images/' + filename)} is listed in both {seen[key]}.csv and {split}.csv of "
+                    f"{layout.root}: the splits must not share images"
+                )
+            seen.setdefault(key, split)
+
+
 def build(config: DatasetConfig) -> dict[str, SplitData]:
     """Decode the three splits (see the module docstring)."""
     layout = locate(config.path)
     tables = {split: read_split(layout, split) for split in SPLITS}
     check_disjoint(tables, layout)
+    check_disjoint_files(tables, layout)
     channels = config.channels or 3
     decoded = {}
     for split, rows in tables.items():

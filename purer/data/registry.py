@@ -2,15 +2,21 @@
 
 ``DATASETS`` maps a source name (``DatasetConfig.source``) to its builder
 ``build(config: DatasetConfig) -> dict[str, SplitData]``. :func:`prepare_dataset` writes the three
-cached splits and, last, a ``dataset.json`` beside them recording the dataset config they were
-built from (without ``path``/``download``, which say where the data came from, not what it is).
-Existing caches are reused when that record matches the current config and rebuilt otherwise.
+cached splits and, last, a ``dataset.json`` recording what they were built from: the dataset config
+(without ``path``/``download``) and the source data (the resolved ``path`` and a signature of its
+files' names, sizes and modification times, :func:`source_signature`). Everything is written into a
+temporary folder that then replaces ``<data_dir>/<name>/<size>px`` as a whole, so a cache is never a
+mix of two builds. Existing caches are reused when the record is present, readable and matches the
+current config and source; otherwise (including no record: an interrupted or hand-made cache) they
+are rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +28,7 @@ from purer.config import DatasetConfig, ExperimentConfig, to_dict
 from purer.data import cifar_fs, folder, glyphs, mini_imagenet
 from purer.data.cache import SplitData, save_split
 from purer.errors import ConfigError, DataError
-from purer.io import write_json
+from purer.io import atomic_dir, write_json
 from purer.paths import SPLITS, dataset_cache
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,15 @@ TRAIN_CLASS_COUNTERS: dict[str, Callable[[DatasetConfig], int]] = {
     "cifar-fs": cifar_fs.count_train_classes,
     "folder": folder.count_train_classes,
 }
+
+
+def _cifar_archive(root: Path) -> Path:
+    """The archive cifar-fs reads at ``root``: ``root`` itself, or ``root/cifar-100-python.tar.gz``."""
+    return root if root.is_file() or root.name.endswith((".tar.gz", ".tgz")) else root / cifar_fs.OFFICIAL_NAME
+
+
+# what a source reads below a folder `path`, when not the whole folder (signed by source_signature)
+SIGNED_PATHS: dict[str, Callable[[Path], Path]] = {"cifar-fs": _cifar_archive}
 
 RECORD_NAME = "dataset.json"
 RECORD_FORMAT = "purer-dataset/1"
@@ -79,23 +94,89 @@ def fingerprint(dataset: DatasetConfig) -> dict[str, Any]:
 
 
 def read_record(config: ExperimentConfig, name: str) -> dict[str, Any] | None:
-    """The ``dataset.json`` of an existing cache, or None if absent or unreadable."""
+    """The ``dataset.json`` of an existing cache, or None if absent, unreadable or incomplete."""
     path = record_path(config, name)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        return None
+    splits = record.get("splits")
+    complete = isinstance(splits, dict) and all(
+        isinstance(splits.get(split), dict) and isinstance(splits[split].get("n_classes"), int)
+        for split in SPLITS
+    )
+    return record if complete else None
+
+
+def source_signature(dataset: DatasetConfig) -> dict[str, Any] | None:
+    """Where the source data is and a cheap signature of its content, or None (no ``path``).
+
+    ``path`` is resolved (symlinks, ``~``, relative to the working folder). The signature is a
+    SHA-256 over, for a file, its size and modification time (ns); for a folder, the relative path,
+    size and modification time of every visible file below it (hidden names skipped, as the sources
+    skip them; symlinked folders followed once), or of the one file the source reads there
+    (:data:`SIGNED_PATHS`: cifar-fs reads ``<path>/cifar-100-python.tar.gz``). Nothing is read, so it
+    costs one ``stat`` per file. A missing path gets signature None.
+    """
+    if dataset.path is None:
+        return None
+    root = Path(dataset.path).expanduser().resolve()
+    signed = SIGNED_PATHS.get(dataset.source, lambda path: path)(root)
+    digest = hashlib.sha256()
+    if signed.is_file():
+        stat = signed.stat()
+        digest.update(f"{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    elif signed.is_dir():
+        for relative, stat in _walk_files(signed):
+            line = f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+            digest.update(line.encode("utf-8", "surrogateescape"))
+    else:
+        return {"path": str(root), "signature": None}
+    return {"path": str(root), "signature": digest.hexdigest()}
+
+
+def _walk_files(root: Path) -> list[tuple[str, os.stat_result]]:
+    """``(relative path, stat)`` of every visible file under ``root``, sorted by path."""
+    found = []
+    seen_dirs = set()
+    for current, dirs, files in os.walk(root, followlinks=True):
+        stat = os.stat(current)
+        if (stat.st_dev, stat.st_ino) in seen_dirs:  # a symlink loop
+            dirs[:] = []
+            continue
+        seen_dirs.add((stat.st_dev, stat.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            full = os.path.join(current, name)
+            try:
+                found.append((os.path.relpath(full, root), os.stat(full)))
+            except OSError:  # a dangling symlink: the source reports it when it reads the file
+                continue
+    return sorted(found, key=lambda item: item[0])
 
 
 def cache_is_current(config: ExperimentConfig, name: str) -> bool:
-    """All split files exist and (when a ``dataset.json`` is present) match the current dataset config."""
+    """All split files exist and the ``dataset.json`` is readable and matches the current config and source.
+
+    A missing or unreadable record means the cache is incomplete (an interrupted build) or of
+    unknown origin: not current. When the source data is gone from the recorded ``path`` (e.g. a
+    cache fetched with ``dvc pull`` without the raw data) there is nothing to compare with or rebuild
+    from, and the cache counts as current.
+    """
     if not all(p.is_file() for p in cache_paths(config, name).values()):
         return False
     record = read_record(config, name)
     if record is None:
-        return True  # hand-made or older cache without a record: trusted as is
-    return record.get("config") == fingerprint(config.datasets[name])
+        return False
+    dataset = config.datasets[name]
+    if record.get("config") != fingerprint(dataset):
+        return False
+    source, recorded = source_signature(dataset), record.get("data")
+    if source is not None and source["signature"] is None and isinstance(recorded, dict):
+        return recorded.get("path") == source["path"]
+    return recorded == source
 
 
 def check_splits(splits: dict[str, SplitData], dataset: DatasetConfig, source: str) -> None:
@@ -131,10 +212,20 @@ def prepare_dataset(config: ExperimentConfig, name: str, force: bool = False) ->
     dataset = dataset_config(config, name)
     paths = cache_paths(config, name)
     if not force and cache_is_current(config, name):
-        log.info("%s: cached splits are up to date in %s", name, paths["train"].parent)
+        source = source_signature(dataset)
+        if source is not None and source["signature"] is None:
+            log.warning("%s: no source data at %s; keeping the cached splits built from it", name, source["path"])
+        else:
+            log.info("%s: cached splits are up to date in %s", name, paths["train"].parent)
         return paths
-    if not force and all(p.is_file() for p in paths.values()):
-        log.warning("%s: cached splits were built from a different dataset config; rebuilding", name)
+    if not force and paths["train"].parent.exists():
+        if read_record(config, name) is None:
+            folder = paths["train"].parent
+            log.warning("%s: the cache in %s has no readable dataset.json (incomplete); rebuilding", name, folder)
+        else:
+            log.warning(
+                "%s: cached splits were built from a different dataset config or source data; rebuilding", name
+            )
     builder = get_builder(dataset.source)
     log.info("%s: building from source %r (%d px) into %s", name, dataset.source, dataset.image_size, paths["train"].parent)
     start = time.perf_counter()
@@ -143,11 +234,13 @@ def prepare_dataset(config: ExperimentConfig, name: str, force: bool = False) ->
     except DataError as exc:
         raise DataError(f"dataset {name!r} ({dataset.source}): {exc}") from None
     check_splits(splits, dataset, dataset.source)
-    record_path(config, name).unlink(missing_ok=True)  # a record always describes complete splits
-    for split, path in paths.items():
-        save_split(path, splits[split])
-        log.info("%s %s: %d images, %d classes -> %s", name, split, len(splits[split].labels), splits[split].n_classes, path)
-    write_json(record_path(config, name), make_record(dataset, name, splits))
+    record = make_record(dataset, name, splits)  # signed after the build (a download adds the archive)
+    folder = paths["train"].parent
+    with atomic_dir(folder) as tmp:  # the whole folder is replaced: never old and new splits side by side
+        for split, path in paths.items():
+            save_split(tmp / path.name, splits[split])
+            log.info("%s %s: %d images, %d classes -> %s", name, split, len(splits[split].labels), splits[split].n_classes, path)
+        write_json(tmp / RECORD_NAME, record)  # last: its presence marks a complete cache
     log.info("%s: prepared in %.1f s", name, time.perf_counter() - start)
     return paths
 
@@ -160,6 +253,7 @@ def make_record(dataset: DatasetConfig, name: str, splits: dict[str, SplitData])
         "source": dataset.source,
         "path": dataset.path,
         "config": fingerprint(dataset),
+        "data": source_signature(dataset),
         "splits": {
             split: {"n_images": len(data.labels), "n_classes": data.n_classes, "channels": data.channels}
             for split, data in splits.items()
@@ -170,17 +264,22 @@ def make_record(dataset: DatasetConfig, name: str, splits: dict[str, SplitData])
 def n_train_classes(config: ExperimentConfig, name: str) -> int:
     """Number of meta-train classes of dataset ``name``, without decoding any image.
 
-    Read from a current cache when there is one (its ``dataset.json``, else the ``train.pt`` class
-    names, memory-mapped); otherwise counted by the source (glyphs: ``train_classes``;
-    mini-imagenet: labels in ``train.csv``; cifar-fs: the embedded train list; folder: sub-folders
-    of ``<path>/train``). Cheap enough to call while a workflow is being parsed.
+    Read from the cache's ``dataset.json`` when it matches the dataset config and the source data
+    is unchanged or absent here (e.g. a cache fetched with ``dvc pull`` without the raw data), or
+    from the ``train.pt`` class names (memory-mapped) of a hand-made cache without a record;
+    otherwise counted by the source (glyphs: ``train_classes``; mini-imagenet: labels in
+    ``train.csv``; cifar-fs: the embedded train list; folder: sub-folders of ``<path>/train``).
+    Cheap enough to call while a workflow is being parsed.
     """
     dataset = dataset_config(config, name)
-    if cache_is_current(config, name):
-        record = read_record(config, name)
-        if record is not None:
+    complete = all(p.is_file() for p in cache_paths(config, name).values())
+    record = read_record(config, name)
+    if complete and record is not None and record.get("config") == fingerprint(dataset):
+        source = source_signature(dataset)
+        if source is None or source["signature"] is None or record.get("data") == source:
             return int(record["splits"]["train"]["n_classes"])
-        return _cached_class_count(cache_paths(config, name)["train"])
+    if complete and record is None:
+        return _cached_class_count(cache_paths(config, name)["train"])  # a hand-made cache without a record
     if dataset.source not in TRAIN_CLASS_COUNTERS:
         raise ConfigError(f"unknown dataset source {dataset.source!r} (valid: {sorted(TRAIN_CLASS_COUNTERS)})")
     try:
