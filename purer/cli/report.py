@@ -4,14 +4,16 @@ seaborn figures (PNG, PDF) and ``summary.json`` (DVC metrics)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from purer import paths
 from purer.cli import common
 from purer.cli.main import add_common_arguments
 from purer.errors import ConfigError
-from purer.io import atomic_dir
+from purer.io import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> None:
     figures.check_formats(config.report.figure_formats)
     check_replaceable(out)
     # read and build everything first: a bad input leaves no partial report behind
-    summary = aggregate.summarise(aggregate.collect_metrics(root))
+    collected = aggregate.collect_metrics(root)
+    summary = aggregate.summarise(collected)
     built_tables = tables.build_tables(summary)
     main_table = next(t for t in built_tables if t.name == "main")
     built_figures = figures.build_figures(summary, main_table, root)
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> None:
         written += figures.save_figures(built_figures, tmp / "figures", config.report.figure_formats)
         written.append(aggregate.write_summary(tmp / "summary.json", summary))
         common.write_run_info(tmp, config)
+        write_json(tmp / INPUTS_RECORD, input_record(collected["path"]))
     for path in written:
         logger.info("wrote %s", out / path.relative_to(tmp))
     logger.info(
@@ -64,9 +68,19 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
+# The record of the metrics files a report was built from. It is not committed (.gitignore): in a
+# fresh clone the committed tables and figures are there but this record is not, so the pipeline
+# recomputes the report and everything it needs instead of taking the committed files as its output.
+INPUTS_RECORD = "inputs.json"
 # what a report folder holds: anything else in an existing `out` (but hidden names: temporaries,
 # .DS_Store) is not ours to replace
-REPORT_ENTRIES = frozenset({"tables", "figures", "summary.json", "env.json", "config.resolved.yaml"})
+REPORT_ENTRIES = frozenset({"tables", "figures", "summary.json", "env.json", "config.resolved.yaml", INPUTS_RECORD})
+
+
+def input_record(metrics_paths: Iterable[str | Path]) -> dict[str, object]:
+    """``{"metrics": [{"path", "sha256"}, ...]}`` for the ``metrics.json`` files a report read."""
+    files = sorted(str(p) for p in metrics_paths)
+    return {"metrics": [{"path": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in files]}
 
 
 def check_replaceable(out: Path) -> None:

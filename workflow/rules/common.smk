@@ -195,7 +195,10 @@ REPORT_SUMMARY = str(REPORT_DIR / "summary.json")
 # main.csv is always written (the DVC plots file); the other formats follow report.formats.
 REPORT_TABLES = [str(REPORT_DIR / "tables" / f"main.{fmt}") for fmt in dict.fromkeys([*CFG.report.formats, "csv"])]
 REPORT_FIGURES = [str(REPORT_DIR / "figures" / f"accuracy.{fmt}") for fmt in CFG.report.figure_formats]
-REPORT_OUTPUTS = [REPORT_SUMMARY, *REPORT_TABLES, *REPORT_FIGURES]
+# The report's record of its inputs is not committed: in a fresh clone it is missing, so the pipeline
+# recomputes the committed report (and everything it needs) instead of taking it as up to date.
+REPORT_RECORD = str(REPORT_DIR / "inputs.json")
+REPORT_OUTPUTS = [REPORT_SUMMARY, *REPORT_TABLES, *REPORT_FIGURES, REPORT_RECORD]
 
 if Path(TEACHER.format(teacher="07")) != paths.teacher_path(CFG, 7):
     raise WorkflowError(f"teacher path pattern {TEACHER} does not match purer.paths.teacher_path")

@@ -11,6 +11,7 @@ rule report:
         summary=REPORT_SUMMARY,
         tables=REPORT_TABLES,
         figures=REPORT_FIGURES,
+        record=REPORT_RECORD,
     params:
         config=CONFIGFILE,
         settings=settings(CFG.report, CFG.grid),
