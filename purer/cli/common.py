@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from purer.config import ExperimentConfig, load_config
+from purer.errors import ConfigError
 from purer.runinfo import write_run_info
 
 __all__ = ["load", "write_run_info"]
@@ -12,4 +13,9 @@ __all__ = ["load", "write_run_info"]
 
 def load(args: argparse.Namespace) -> ExperimentConfig:
     """The experiment config from ``--config`` and ``--set``."""
-    return load_config(args.config, args.overrides)
+    try:
+        return load_config(args.config, args.overrides)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {args.config} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
