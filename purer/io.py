@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -105,18 +106,23 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 def plain_data(obj: Any) -> Any:
     """``obj`` with every value a type ``torch.load(weights_only=True)`` accepts.
 
-    Tensors, ``torch.Size``, str/int/float/bool/None and dicts/lists/tuples of them are kept;
+    Tensors, ``torch.Size``, dtypes, str/int/float/bool/None/bytes and dicts (also ``OrderedDict``,
+    ``Counter``: LR schedulers keep milestones in one), lists, tuples and sets of them are kept;
     numpy scalars and arrays become Python numbers and tensors, paths become strings.
 
     Raises:
         TypeError: for any other object (a programming error: it could not be loaded back).
     """
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.Size, torch.dtype)):
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.Size, torch.dtype)):
         return obj
+    if type(obj) in (dict, OrderedDict, Counter):
+        return type(obj)({plain_data(key): plain_data(value) for key, value in obj.items()})
     if isinstance(obj, Mapping):
         return {plain_data(key): plain_data(value) for key, value in obj.items()}
     if isinstance(obj, list):
         return [plain_data(value) for value in obj]
+    if isinstance(obj, (set, frozenset)):
+        return {plain_data(value) for value in obj}
     if isinstance(obj, tuple):
         return tuple(plain_data(value) for value in obj)
     if isinstance(obj, os.PathLike):

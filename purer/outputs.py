@@ -1,19 +1,19 @@
 """Output folders: recognised as purer's before anything is written, and written by one process at a time.
 
 A folder is a *purer output folder* when it holds the marker file ``.purer-output`` (written by
-:func:`claim_output` before any other output), the lock file ``.purer.lock``, or, for folders written before
-the marker existed, an ``env.json`` with a ``purer`` version (a pool folder also when it holds
-teacher checkpoints or a manifest: people assemble pools by hand). A step refuses to write into a
-non-empty folder that is none of these, and into a path that is a file: ``--out`` never deletes or
-overwrites what purer did not write.
+:func:`claim_output` before any other output), the lock file ``.purer.lock``, or, for folders
+written before the marker existed, an ``env.json`` with a ``purer`` version (a pool folder also
+when it holds teacher checkpoints or a manifest: people assemble pools by hand). A step refuses to
+write into a non-empty folder that is none of these, and into a path that is a file: ``--out``
+never deletes or overwrites what purer did not write.
 
-:func:`claim_output` holds an exclusive ``fcntl.flock`` on a lock file in the folder for the life
-of the step (one per run folder; one per teacher in a pool folder, so parallel teacher jobs share
-it). A second writer fails at once, naming the folder and the holder's pid. The kernel releases
-the lock when its process ends, however it ends, so the lock of a killed job never blocks a rerun;
-lock files are left in place (removing one would race with a new holder). Where the file system
-does not support ``flock`` the step logs a warning and runs unlocked (docs/errors.md, "One writer
-per folder").
+:func:`lock_folder` (and :func:`claim_output`) holds an exclusive ``fcntl.flock`` on a lock file in
+the folder for the life of the step (one per run folder; one per teacher in a pool folder, so
+parallel teacher jobs share it). A second writer fails at once, naming the folder and the holder's
+pid. The kernel releases the lock when its process ends, however it ends, so the lock of a killed
+job never blocks a rerun; lock files are left in place (removing one would race with a new
+holder). Where the file system does not support ``flock`` the step logs a warning and runs
+unlocked (docs/errors.md, "One writer per folder").
 """
 
 from __future__ import annotations
@@ -78,20 +78,9 @@ def check_output_folder(folder: str | Path, what: str, known: tuple[str, ...] = 
 
 
 @contextlib.contextmanager
-def claim_output(
-    folder: str | Path, what: str, lock_name: str = LOCK, known: tuple[str, ...] = ()
-) -> Iterator[Path]:
-    """Check ``folder``, create it, lock it for this process and mark it as purer's.
-
-    Also the writability check before the work starts: the folder is created and the lock file
-    written first, so a read-only or full disk fails here, naming the folder.
-
-    Args:
-        folder: the output folder.
-        what: a noun for messages, e.g. ``"meta-train run folder"``.
-        lock_name: the lock file in ``folder`` (default one per folder; ``.teacher_03.lock`` etc.
-            for writers that share a folder).
-        known: as for :func:`check_output_folder`.
+def claim_output(folder: str | Path, what: str, known: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Check ``folder`` (:func:`check_output_folder`), lock it for this process (:func:`lock_folder`)
+    and mark it as purer's, before any output is written.
 
     Raises:
         OutputError: a file in the way, a foreign non-empty folder, an unwritable folder, or a
@@ -99,9 +88,35 @@ def claim_output(
     """
     folder = Path(folder)
     check_output_folder(folder, what, known)
+    with lock_folder(folder, what):
+        if not (folder / MARKER).is_file():
+            write_text(folder / MARKER, "purer output folder: written by purer; safe for purer to overwrite\n")
+        yield folder
+
+
+@contextlib.contextmanager
+def lock_folder(folder: str | Path, what: str, lock_name: str = LOCK) -> Iterator[Path]:
+    """Create ``folder`` and hold an exclusive lock on ``folder/lock_name`` until the block ends.
+
+    Also the writability check before the work starts: the folder is created and the lock file
+    written first, so a read-only or full disk fails here, naming the file.
+
+    Args:
+        folder: the output folder.
+        what: a noun for messages, e.g. ``"meta-train run folder"``.
+        lock_name: the lock file (one per folder; ``.teacher_03.lock`` etc. for writers that share
+            a folder).
+
+    Raises:
+        OutputError: an unwritable folder, or a lock held by another process (its pid named).
+    """
+    folder = Path(folder)
     lock = folder / lock_name
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         raise write_error(lock, exc) from None
@@ -112,8 +127,6 @@ def claim_output(
             os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as exc:
             raise write_error(lock, exc) from None
-        if not (folder / MARKER).is_file():
-            write_text(folder / MARKER, "purer output folder: written by purer; safe for purer to overwrite\n")
         yield folder
     finally:
         os.close(fd)  # releases the lock

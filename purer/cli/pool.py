@@ -52,6 +52,7 @@ def _train(config: ExperimentConfig, args: argparse.Namespace) -> None:
     teacher_spec(config, args.teacher)  # index check before any work
     seed_everything(config.seed)
     out_dir = _pool_dir(config, args)
+    check_output_folder(out_dir, "pool folder", POOL_FILES)
     train_teacher(config, args.teacher, out_dir / paths.teacher_path(config, args.teacher).name)
     write_run_info(out_dir, config)  # after the inputs were read and the folder claimed
 

@@ -30,7 +30,7 @@ from purer.errors import CheckpointError, ConfigError, DataError
 from purer.io import load_torch, remove_stale_temporaries, save_torch, write_json
 from purer.models.backbones import build_backbone
 from purer.models.pool import TeacherSpec, teacher_spec
-from purer.outputs import POOL_FILES, claim_output
+from purer.outputs import lock_folder
 from purer.seeding import derive_seed, make_generator
 from purer.tracking import progress
 
@@ -325,7 +325,7 @@ def train_teacher(
     optimizer, scheduler = build_optimizer(model, spec.architecture, config)
     state = _State(model, optimizer, scheduler, make_generator(config.seed, "pool", index), history=[])
     fingerprint = _fingerprint(spec, config, split.channels)
-    with claim_output(out_path.parent, "pool folder", f".{out_path.stem}.lock", POOL_FILES):  # one writer per teacher
+    with lock_folder(out_path.parent, "pool folder", f".{out_path.stem}.lock"):  # one writer per teacher
         remove_stale_temporaries(out_path.parent, out_path.stem + ".")  # this teacher's, left by a killed job
         _try_resume(resume_path(out_path), state, fingerprint)
         _run_epochs(config, spec, data, state, _Precision(config, device), resume_path(out_path), fingerprint)
