@@ -113,6 +113,8 @@ def plain_data(obj: Any) -> Any:
     Raises:
         TypeError: for any other object (a programming error: it could not be loaded back).
     """
+    if type(obj).__module__ == "numpy":  # before the numbers: numpy.float64 is a float subclass
+        return torch.from_numpy(obj.copy()) if hasattr(obj, "shape") and obj.shape else obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.Size, torch.dtype)):
         return obj
     if type(obj) in (dict, OrderedDict, Counter):
@@ -127,8 +129,6 @@ def plain_data(obj: Any) -> Any:
         return tuple(plain_data(value) for value in obj)
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    if type(obj).__module__ == "numpy":
-        return torch.from_numpy(obj.copy()) if hasattr(obj, "shape") and obj.shape else obj.item()
     raise TypeError(f"save_torch: {type(obj).__qualname__} is not plain data (tensors, containers, numbers, str)")
 
 
