@@ -67,8 +67,7 @@ def check_output_folder(folder: str | Path, what: str, known: tuple[str, ...] = 
     for path in (folder, *folder.parents):
         if path.exists() or path.is_symlink():
             if not path.is_dir():
-                where = "" if path == folder else f" (in the path of {what} {folder})"
-                raise OutputError(f"{what} {folder}: {path} is an existing file, not a folder{where}")
+                raise OutputError(f"{what} {folder}: {path} is an existing file, not a folder")
             break
     if folder.is_dir() and any(folder.iterdir()) and not is_purer_output(folder, known):
         raise OutputError(

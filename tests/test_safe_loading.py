@@ -479,8 +479,8 @@ def test_an_output_path_that_is_a_file(setup, capsys, tmp_path):
     target.write_text("mine")
     fails(capsys, _train(setup, "--out", target),
           f"meta-train run folder {re.escape(str(target))}: {re.escape(str(target))} is an existing file, not a folder$")
-    fails(capsys, _test(setup, target), f"meta-test output folder .*: {re.escape(str(target))} is an existing file, "
-          "not a folder \\(in the path of")
+    fails(capsys, _test(setup, target), f"meta-test output folder {re.escape(str(target / 'toy' / 'plain'))}: "
+          f"{re.escape(str(target))} is an existing file, not a folder$")
     fails(capsys, ["pool", "train", "-c", setup, "--teacher", "0", "--out", target], "is an existing file, not a folder")
     assert target.read_text() == "mine"
 
@@ -530,3 +530,13 @@ def test_a_truncated_summary_of_a_finished_run(copy, capsys, tmp_path):
     assert main(_train(copy, seed=0)) == 0  # meta-train rebuilds it from the last checkpoint
     assert "resuming" in capsys.readouterr().err
     assert json.loads(summary.read_text())["iterations"] == 2
+
+
+def test_an_output_file_that_is_a_folder(copy, capsys):
+    """A folder where purer writes a file: the operating system's reason, naming the path."""
+    run = _fresh_run(copy)
+    (run / "last.pt").unlink()
+    (run / "last.pt").mkdir()
+    for name in ("checkpoint.pt", "summary.json"):  # start over: the old outputs are cleared first
+        (run / name).unlink()
+    fails(capsys, _train(copy, seed=0), f"{re.escape(str(run / 'last.pt'))}: Is a directory$")
