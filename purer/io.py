@@ -170,8 +170,10 @@ def load_torch(
         raise error(f"{what} not found: {path}{advice}")
     try:
         return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
-    except pickle.UnpicklingError as exc:  # the restricted unpickler's refusal
-        found = _FORBIDDEN_GLOBAL.search(str(exc))
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):  # a damaged pickle, not a refused one
+            raise error(f"{what} {path} is truncated or not a torch file (UnpicklingError: {str(exc)[:200]}){advice}") from None
+        found = _FORBIDDEN_GLOBAL.search(str(exc))  # the restricted unpickler's refusal: name what it met
         detail = f"global {found.group(1)}" if found else (str(exc).strip().splitlines() or ["?"])[-1][:200]
         raise error(f"{what} {path} holds a pickled object that is not plain data ({detail}): refusing to load it") from None
     except Exception as exc:  # torch raises many types for truncated or foreign files

@@ -32,6 +32,7 @@ from purer import paths
 from purer.cli.main import main
 from purer.config import load_config
 from purer.data.cache import save_split
+from purer.errors import OutputError
 from purer.io import load_torch, plain_data
 from purer.models.pool import teacher_specs
 from purer.models.pretrain import resume_path
@@ -359,6 +360,22 @@ def test_the_lock_of_a_killed_process_does_not_block_a_rerun(copy, capsys, tmp_p
     assert (out / LOCK).read_text().strip() == str(holder.pid)  # the stale lock file is still there
     assert main(_train(copy, "--out", str(out))) == 0
     assert (out / "summary.json").is_file()
+
+
+def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    from purer.outputs import claim_output
+
+    monkeypatch.setattr(fcntl, "flock", _raise(errno.ENOLCK))
+    with claim_output(tmp_path / "run", "run folder"):
+        pass
+    assert "file locks are not supported here (No locks available); writing" in caplog.text
+    assert (tmp_path / "run" / MARKER).is_file()
+    monkeypatch.setattr(fcntl, "flock", _raise(errno.EIO))  # any other failure is an error
+    with pytest.raises(OutputError, match=f"cannot write {re.escape(str(tmp_path / 'run' / LOCK))}: Input/output error"):
+        with claim_output(tmp_path / "run", "run folder"):
+            pass
 
 
 def _foreign(folder: Path) -> dict[str, bytes]:
