@@ -20,3 +20,8 @@ class DataError(PurerError):
 
 class CheckpointError(PurerError):
     """A checkpoint or manifest that is missing, truncated or does not match its architecture."""
+
+
+class OutputError(PurerError):
+    """An output that cannot be written: a read-only or full disk, a file where a folder should be,
+    a folder that is not a purer output, or one that another purer process is writing."""

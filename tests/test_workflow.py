@@ -26,7 +26,7 @@ STEP_CLI = {
 }
 # shared infrastructure that every step imports (and package __init__ files): not rule inputs
 INFRA = {"cli/common.py", "runinfo.py", "cli/main.py", "config.py", "errors.py", "io.py",
-         "paths.py", "seeding.py", "tracking.py", "hostmem.py", "runtime.py"}
+         "paths.py", "seeding.py", "tracking.py", "hostmem.py", "runtime.py", "outputs.py"}
 # dataset sources reach later steps only through the cached splits (which are inputs)
 DATA_SOURCES = {"data/__init__.py", "data/registry.py", "data/glyphs.py", "data/mini_imagenet.py",
                 "data/cifar_fs.py", "data/folder.py", "data/images.py"}

@@ -77,10 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("purer").debug("error details", exc_info=True)
         print(f"purer {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file system fault no reader or writer turned into a PurerError
+        logging.getLogger("purer").debug("error details", exc_info=True)
+        print(f"purer {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"purer {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``<file>: <reason>`` (both files for a rename), without Python's exception syntax."""
+    files = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{files}: {reason}" if files else reason
 
 
 if __name__ == "__main__":

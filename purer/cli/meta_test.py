@@ -18,6 +18,7 @@ from purer import paths
 from purer.cli.common import load
 from purer.cli.main import add_common_arguments
 from purer.meta.evaluate import AVERAGE, meta_test, write_average
+from purer.outputs import check_output_folder
 from purer.seeding import seed_everything
 
 
@@ -41,6 +42,9 @@ def run(args: argparse.Namespace) -> None:
     run_dir = Path(args.run) if args.run else paths.run_dir(config, args.method, args.n_shot, seed)
     datasets = [args.dataset] if args.dataset else list(config.test_datasets)
     mode = "icfil" if args.icfil else "plain"
+    outputs = datasets + ([AVERAGE] if len(datasets) > 1 else [])
+    for name in outputs:  # every output folder checked before the first evaluation
+        check_output_folder(_out(args, name, mode) or paths.test_dir(run_dir, name, args.icfil), "meta-test output folder")
     results = [
         meta_test(config, args.method, args.n_shot, seed, name, args.icfil, _out(args, name, mode), run=run_dir)
         for name in datasets

@@ -18,6 +18,7 @@ from purer.cli.main import add_common_arguments
 from purer.config import ExperimentConfig
 from purer.models.pool import coverage, teacher_spec, teacher_specs, write_manifest
 from purer.models.pretrain import estimate_pool, train_teacher
+from purer.outputs import POOL_FILES, check_output_folder
 from purer.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -57,12 +58,14 @@ def _train(config: ExperimentConfig, args: argparse.Namespace) -> None:
     logger.info("%s", coverage(config))
     seed_everything(config.seed)
     out_dir = _pool_dir(config, args)
-    write_run_info(out_dir, config)
+    check_output_folder(out_dir, "pool folder", POOL_FILES)
     train_teacher(config, args.teacher, out_dir / paths.teacher_path(config, args.teacher).name)
+    write_run_info(out_dir, config)  # after the inputs were read and the folder claimed
 
 
 def _manifest(config: ExperimentConfig, args: argparse.Namespace) -> None:
     out_dir = _pool_dir(config, args)
+    check_output_folder(out_dir, "pool folder", POOL_FILES)
     write_manifest(config, out_dir)
     write_run_info(out_dir, config)
 

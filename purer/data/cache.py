@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from purer.errors import DataError
-from purer.io import save_torch
+from purer.io import load_torch, save_torch
 
 CACHE_FORMAT = "purer-split/1"
 
@@ -80,10 +80,7 @@ def load_split(path: str | Path) -> SplitData:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"cached split not found: {path} (run `purer prepare` first)")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise DataError(f"cached split {path} is truncated or corrupt ({type(exc).__name__}); delete it and rerun `purer prepare`") from None
+    raw = load_torch(path, "cached split", error=DataError, advice="; delete it and rerun `purer prepare`")
     if not isinstance(raw, dict) or raw.get("format") != CACHE_FORMAT:
         raise DataError(f"{path} is not a purer split cache (expected format {CACHE_FORMAT})")
     images, labels = raw["images"], raw["labels"]

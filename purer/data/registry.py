@@ -28,7 +28,7 @@ from purer.config import DatasetConfig, ExperimentConfig, to_dict
 from purer.data import cifar_fs, folder, glyphs, mini_imagenet
 from purer.data.cache import SplitData, save_split
 from purer.errors import ConfigError, DataError
-from purer.io import atomic_dir, write_json
+from purer.io import atomic_dir, load_torch, write_json
 from purer.paths import SPLITS, dataset_cache
 
 log = logging.getLogger(__name__)
@@ -290,8 +290,7 @@ def n_train_classes(config: ExperimentConfig, name: str) -> int:
 
 def _cached_class_count(path: Path) -> int:
     """Number of classes in a cached split, memory-mapping the file instead of reading its images."""
-    try:
-        raw = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        return len(raw["class_names"])
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise DataError(f"cached split {path} is truncated or corrupt ({type(exc).__name__}); delete it and rerun `purer prepare`") from None
+    raw = load_torch(path, "cached split", mmap=True, error=DataError, advice="; delete it and rerun `purer prepare`")
+    if not isinstance(raw, dict) or not isinstance(raw.get("class_names"), list):
+        raise DataError(f"{path} is not a purer split cache (no class_names list); delete it and rerun `purer prepare`")
+    return len(raw["class_names"])

@@ -135,7 +135,7 @@ def load_checkpoint(path: Path, fingerprint_value: dict[str, Any]) -> dict[str, 
     Raises:
         CheckpointError: the file is truncated or not a meta-training checkpoint.
     """
-    if not path.is_file():
+    if not path.exists():
         return None
     saved = load_torch(path, "meta-training checkpoint")
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
@@ -147,20 +147,29 @@ def load_checkpoint(path: Path, fingerprint_value: dict[str, Any]) -> dict[str, 
 
 
 def restore(state: Any, saved: dict[str, Any], out_dir: Path) -> None:
-    """Load ``saved`` into a freshly built trainer ``state``; truncate the logs to its line counts."""
-    with torch.no_grad():
-        for name, value in saved["params"].items():
-            state.params[name].copy_(value)
-    state.optimizer.load_state_dict(saved["meta_optimizer"])
-    state.data.load_state_dict(saved["data"], where=f"{out_dir / 'checkpoint.pt'}: data")
-    state.switch.load_state_dict(saved["switch"])
-    for name, generator in state.generators.items():
-        generator.set_state(saved["generators"][name])
-    state.iteration = state.resumed_from = int(saved["iteration"])
-    state.best = dict(saved["best"])
-    state.curve_lines, state.val_lines = int(saved["curve_lines"]), int(saved["val_lines"])
-    state.switch_events, state.val_seconds = int(saved["switch_events"]), float(saved["val_seconds"])
-    state.best_model = saved.get("best_model")
+    """Load ``saved`` into a freshly built trainer ``state``; truncate the logs to its line counts.
+
+    Raises:
+        CheckpointError: an entry is missing or of the wrong type.
+    """
+    try:
+        with torch.no_grad():
+            for name, value in saved["params"].items():
+                state.params[name].copy_(value)
+        state.optimizer.load_state_dict(saved["meta_optimizer"])
+        state.data.load_state_dict(saved["data"], where=f"{out_dir / 'checkpoint.pt'}: data")
+        state.switch.load_state_dict(saved["switch"])
+        for name, generator in state.generators.items():
+            generator.set_state(saved["generators"][name])
+        state.iteration = state.resumed_from = int(saved["iteration"])
+        state.best = dict(saved["best"])
+        state.curve_lines, state.val_lines = int(saved["curve_lines"]), int(saved["val_lines"])
+        state.switch_events, state.val_seconds = int(saved["switch_events"]), float(saved["val_seconds"])
+        state.best_model = saved.get("best_model")
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{out_dir / 'checkpoint.pt'} does not hold a complete meta-training state "
+                              f"({type(exc).__name__}: {detail}); delete it to start the run from scratch") from None
     truncate_jsonl(out_dir / "curve.jsonl", state.curve_lines)
     truncate_jsonl(out_dir / "val.jsonl", state.val_lines)
 

@@ -24,7 +24,6 @@ optimistically biased and labelled as such in ``metrics.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
@@ -42,10 +41,11 @@ from purer.config import ExperimentConfig
 from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes, materialise
 from purer.errors import CheckpointError, ConfigError
-from purer.io import load_torch, read_yaml, write_json
+from purer.io import load_torch, read_json, read_yaml, write_json
 from purer.meta.calibration import icfil_calibrate
 from purer.meta.learners import AdaptedState, Episode, GradientLearner, Params, ProtoNet, build_learner
 from purer.models.backbones import build_backbone
+from purer.outputs import claim_output
 from purer.runinfo import write_run_info
 from purer.seeding import make_generator
 from purer.tracking import progress
@@ -286,9 +286,12 @@ def n_teachers(config: ExperimentConfig, run: Path) -> int | None:
     """Number of teachers the run used: its ``summary.json`` if it says, else the pool manifest."""
     summary = run / "summary.json"
     if summary.is_file():
-        value = json.loads(summary.read_text(encoding="utf-8")).get("n_teachers")
-        if value is not None:
-            return int(value)
+        record = read_json(summary, "meta-training summary")
+        value = record.get("n_teachers") if isinstance(record, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if value is not None or not isinstance(record, dict):
+            raise CheckpointError(f"meta-training summary {summary}: expected a mapping with an integer n_teachers")
     manifest = paths.manifest_path(config)
     if not manifest.is_file():
         return None
@@ -332,19 +335,21 @@ def meta_test(
     split = load_split(paths.dataset_cache(config, dataset, "test"))
     mt = config.meta_test
     episodes = fixed_episodes(split, mt.n_way, n_shot, mt.n_query, mt.episodes, seed=config.seed, name=f"{dataset}/test")
-    candidates = [
-        evaluate_checkpoint(config, path, split, episodes, dataset, icfil, device)
-        for path in candidate_checkpoints(run, mt.selection)
-    ]
-    best = max(candidates, key=lambda result: result["accuracy"])
-    metrics = _metrics_record(config, method, n_shot, seed, dataset, icfil, best, run)
-    if mt.selection == "best-on-test":
-        metrics["candidates"] = [
-            {k: c[k] for k in ("checkpoint", "checkpoint_iteration", "accuracy", "ci95")} for c in candidates
-        ]
+    checkpoints = candidate_checkpoints(run, mt.selection)
+    for path in checkpoints:  # every input read and checked before the output folder is touched
+        check_compatible(load_meta_model(path)[2], path, mt.n_way, split, dataset)
+    n_teachers(config, run)
     out_dir = Path(out_dir) if out_dir is not None else paths.test_dir(run, dataset, icfil)
-    write_run_info(out_dir, config, method=method, n_shot=n_shot, seed=seed, dataset=dataset, icfil=icfil)
-    write_json(out_dir / "metrics.json", metrics)
+    with claim_output(out_dir, "meta-test output folder"):  # writable, ours and unshared before the work
+        candidates = [evaluate_checkpoint(config, path, split, episodes, dataset, icfil, device) for path in checkpoints]
+        best = max(candidates, key=lambda result: result["accuracy"])
+        metrics = _metrics_record(config, method, n_shot, seed, dataset, icfil, best, run)
+        if mt.selection == "best-on-test":
+            metrics["candidates"] = [
+                {k: c[k] for k in ("checkpoint", "checkpoint_iteration", "accuracy", "ci95")} for c in candidates
+            ]
+        write_run_info(out_dir, config, method=method, n_shot=n_shot, seed=seed, dataset=dataset, icfil=icfil)
+        write_json(out_dir / "metrics.json", metrics)
     logger.info("%s %s %d-shot seed %d on %s%s: %.2f ± %.2f %%", method, best["checkpoint"], n_shot, seed,
                 dataset, " + ICFIL" if icfil else "", metrics["accuracy"], metrics["ci95"])
     return metrics
@@ -416,5 +421,6 @@ def write_average(run: str | Path, per_dataset: Sequence[dict[str, Any]], icfil:
     """Write ``test/average/{plain,icfil}/metrics.json`` (or ``out_dir/metrics.json``) atomically."""
     record = average_metrics(per_dataset)
     out_dir = Path(out_dir) if out_dir is not None else paths.test_dir(Path(run), AVERAGE, icfil)
-    write_json(out_dir / "metrics.json", record)
+    with claim_output(out_dir, "meta-test output folder"):
+        write_json(out_dir / "metrics.json", record)
     return record

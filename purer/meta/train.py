@@ -28,12 +28,14 @@ adaptation (``meta_test.inner_steps`` first-order steps); the best-on-val model 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,7 @@ from purer.meta.learners import (
 from purer.meta.steps import check_outer_loss, data_step, handle_nonfinite, meta_step
 from purer.models.pool import Manifest, cut_to_max_teachers, load_manifest, load_pool
 from purer.models.pretrain import resolve_device
+from purer.outputs import claim_output
 from purer.runinfo import write_run_info
 from purer.seeding import make_generator
 from purer.tracking import progress
@@ -151,9 +154,17 @@ def meta_train(
     if done is not None:
         logger.info("%s is already complete; nothing to do", run.out_dir)
         return done
-    for folder in (run.out_dir, run.out_dir / "grids", run.out_dir / "snapshots"):
-        remove_stale_temporaries(folder)  # left by a killed run (only this run writes here)
     return train(run) if method in TRAINED else baseline(run)
+
+
+@contextlib.contextmanager
+def claim_run(run: Run) -> Iterator[None]:
+    """Own the run folder for the rest of the step (after every input was read and checked):
+    refuse a foreign folder or a second writer, then remove the temporaries a killed run left."""
+    with claim_output(run.out_dir, "meta-train run folder"):
+        for folder in (run.out_dir, run.out_dir / "grids", run.out_dir / "snapshots"):
+            remove_stale_temporaries(folder)  # left by a killed run (only the lock holder writes here)
+        yield
 
 
 def prepare_run(
@@ -210,11 +221,12 @@ def baseline(run: Run) -> dict[str, Any]:
     loaded = load_pool(run.manifest, run.device) if run.method == "average" else None
     model = initial_meta_model(run.spec, run.method, loaded, run.seed, run.device)
     state = State(model, meta_parameters(model), _learner(run))
-    write_run_info(run.out_dir, run.config, method=run.method, n_shot=run.n_shot, seed=run.seed)
-    ckpt.clear_run(run.out_dir)
-    validate(run, state)
-    save_model(run, state, run.out_dir / "last.pt")
-    return ckpt.write_summary(run.out_dir, _head(run), state, run.fingerprint)
+    with claim_run(run):
+        write_run_info(run.out_dir, run.config, method=run.method, n_shot=run.n_shot, seed=run.seed)
+        ckpt.clear_run(run.out_dir)
+        validate(run, state)
+        save_model(run, state, run.out_dir / "last.pt")
+        return ckpt.write_summary(run.out_dir, _head(run), state, run.fingerprint)
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,8 +273,13 @@ def build_state(run: Run) -> State:
 def train(run: Run) -> dict[str, Any]:
     """Meta-train ``purer``/``ei`` from scratch or from a matching ``checkpoint.pt``."""
     state = build_state(run)
-    write_run_info(run.out_dir, run.config, method=run.method, n_shot=run.n_shot, seed=run.seed)
-    saved = ckpt.load_checkpoint(run.out_dir / "checkpoint.pt", run.fingerprint)
+    with claim_run(run):
+        return train_claimed(run, state)
+
+
+def train_claimed(run: Run, state: State) -> dict[str, Any]:
+    """:func:`train` once the run folder is this process's: resume or start, then iterate."""
+    saved = ckpt.load_checkpoint(run.out_dir / "checkpoint.pt", run.fingerprint)  # read before any write
     if saved is None:
         ckpt.clear_run(run.out_dir)
     else:
@@ -270,6 +287,7 @@ def train(run: Run) -> dict[str, Any]:
         logger.info("resuming %s from meta-iteration %d", run.out_dir, state.iteration)
         if state.best_model is not None and not (run.out_dir / "meta_model.pt").is_file():
             save_torch(run.out_dir / "meta_model.pt", state.best_model)  # a workflow rerun deletes outputs
+    write_run_info(run.out_dir, run.config, method=run.method, n_shot=run.n_shot, seed=run.seed)
     iterations = run.mt.iterations
     snapshots = ckpt.grid_iterations(iterations, run.mt.grid_snapshots)
     with progress(total=iterations, desc=f"{run.method} {run.spec.n_way}w{run.n_shot}s") as bar:

@@ -198,12 +198,7 @@ def read_cache_header(path: Path) -> dict[str, Any] | None:
     """
     if not Path(path).is_file():
         return None
-    try:
-        raw = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as exc:
-        raise DataError(
-            f"cached split {path} is truncated or corrupt ({type(exc).__name__}); rerun `purer prepare`"
-        ) from None
+    raw = load_torch(path, "cached split", mmap=True, error=DataError, advice="; rerun `purer prepare`")
     if not isinstance(raw, dict) or "images" not in raw or "class_names" not in raw:
         raise DataError(f"{path} is not a purer split cache")
     return {

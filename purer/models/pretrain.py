@@ -30,10 +30,11 @@ from torch import nn
 from purer import paths
 from purer.config import ExperimentConfig
 from purer.data.cache import SplitData, load_split
-from purer.errors import ConfigError, DataError, PurerError
+from purer.errors import CheckpointError, ConfigError, DataError, PurerError
 from purer.io import load_torch, remove_stale_temporaries, save_torch, write_json
 from purer.models.backbones import build_backbone
 from purer.models.pool import TeacherSpec, read_cache_header, teacher_spec
+from purer.outputs import lock_folder
 from purer.seeding import derive_seed, make_generator
 from purer.tracking import progress
 
@@ -283,24 +284,41 @@ def _save_resume(path: Path, state: _State, fingerprint: dict[str, Any]) -> None
     )
 
 
+RESUME_KEYS = frozenset({"fingerprint", "model", "optimizer", "scheduler", "generator", "epoch", "best_accuracy",
+                         "best_epoch", "best_state", "history"})
+
+
 def _try_resume(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
     """Continue from ``path`` if it exists and was written for the same teacher and recipe."""
-    if not path.is_file():
+    if not path.exists():
         return
     saved = load_torch(path, "teacher resume file")
+    if not isinstance(saved, dict) or not RESUME_KEYS <= set(saved):
+        found = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+        raise CheckpointError(
+            f"teacher resume file {path} is not a purer teacher resume file (expected a dict with "
+            f"{sorted(RESUME_KEYS)}, got {found}); delete it to train the teacher from scratch"
+        )
     if saved.get("fingerprint") != fingerprint:
         logger.warning("ignoring %s: written for another teacher or recipe; training from scratch", path)
         return
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
-    state.generator.set_state(saved["generator"])
-    state.epoch, state.history = saved["epoch"], saved["history"]
-    state.best_accuracy, state.best_epoch = saved["best_accuracy"], saved["best_epoch"]
-    state.best_loss = saved["best_loss"]
-    state.best_state = {
-        k: v.to(next(state.model.parameters()).device) for k, v in saved["best_state"].items()
-    }
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        state.generator.set_state(saved["generator"])
+        state.epoch, state.history = int(saved["epoch"]), list(saved["history"])
+        state.best_accuracy, state.best_epoch = float(saved["best_accuracy"]), int(saved["best_epoch"])
+        state.best_loss = float(saved["best_loss"])
+        state.best_state = {
+            k: v.to(next(state.model.parameters()).device) for k, v in saved["best_state"].items()
+        }
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"teacher resume file {path} does not hold a complete training state ({type(exc).__name__}: {detail}); "
+            "delete it to train the teacher from scratch"
+        ) from None
     logger.info("resuming teacher from %s after epoch %d", path, state.epoch)
 
 
@@ -419,10 +437,11 @@ def train_teacher(
     optimizer, scheduler = build_optimizer(model, spec.architecture, config)
     state = _State(model, optimizer, scheduler, make_generator(config.seed, "pool", index), history=[])
     fingerprint = _fingerprint(spec, config, split.channels)
-    remove_stale_temporaries(out_path.parent, out_path.stem + ".")  # this teacher's, left by a killed job
-    _try_resume(resume_path(out_path), state, fingerprint)
-    _run_epochs(config, spec, data, state, _Precision(config, device), resume_path(out_path), fingerprint)
-    return _finish(config, spec, split, state, out_path)
+    with lock_folder(out_path.parent, "pool folder", f".{out_path.stem}.lock"):  # one writer per teacher
+        remove_stale_temporaries(out_path.parent, out_path.stem + ".")  # this teacher's, left by a killed job
+        _try_resume(resume_path(out_path), state, fingerprint)
+        _run_epochs(config, spec, data, state, _Precision(config, device), resume_path(out_path), fingerprint)
+        return _finish(config, spec, split, state, out_path)
 
 
 def _run_epochs(

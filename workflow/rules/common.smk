@@ -111,8 +111,8 @@ def code(*modules):
     return [str(PKG / m) for m in modules]
 
 
-# Package modules each step runs, beyond the shared infrastructure (config, io, paths, seeding, runinfo,
-# tracking, errors, hostmem, cli/common, cli/main). tests/test_workflow.py checks these lists against the
+# Package modules each step runs, beyond the shared infrastructure (config, io, outputs, paths, seeding,
+# runinfo, tracking, errors, hostmem, cli/common, cli/main). tests/test_workflow.py checks these lists against the
 # import graph of each step's CLI module.
 SOURCE_MODULES = {
     "glyphs": ["data/glyphs.py"],
