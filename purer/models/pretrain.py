@@ -285,7 +285,7 @@ def _save_resume(path: Path, state: _State, fingerprint: dict[str, Any]) -> None
 
 
 RESUME_KEYS = frozenset({"fingerprint", "model", "optimizer", "scheduler", "generator", "epoch", "best_accuracy",
-                         "best_epoch", "best_state", "history"})
+                         "best_loss", "best_epoch", "best_state", "history"})
 
 
 def _try_resume(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
@@ -293,15 +293,15 @@ def _try_resume(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
     if not path.exists():
         return
     saved = load_torch(path, "teacher resume file")
+    if isinstance(saved, dict) and "fingerprint" in saved and saved["fingerprint"] != fingerprint:
+        logger.warning("ignoring %s: written for another teacher or recipe; training from scratch", path)
+        return
     if not isinstance(saved, dict) or not RESUME_KEYS <= set(saved):
         found = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
         raise CheckpointError(
             f"teacher resume file {path} is not a purer teacher resume file (expected a dict with "
             f"{sorted(RESUME_KEYS)}, got {found}); delete it to train the teacher from scratch"
         )
-    if saved.get("fingerprint") != fingerprint:
-        logger.warning("ignoring %s: written for another teacher or recipe; training from scratch", path)
-        return
     try:
         state.model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
