@@ -305,3 +305,20 @@ def test_absolute_warmup_is_in_iterations_and_the_fraction_is_for_smoke_runs():
     smoke = CurriculumConfig(warmup=None, warmup_fraction=0.25)
     assert [effective_warmup(smoke, n) for n in (100, 1000)] == [25, 250]
     assert GradientSwitch.from_config(absolute, 1000).warmup == 300
+
+
+def test_both_warmups_on_the_command_line_is_one_line_and_exit_2(write_config, tmp_path, capsys):
+    """The default config's smoke warm-up plus an absolute one in an override (docs/errors.md)."""
+    from purer.cli.main import main
+
+    path = write_config({"meta_train": {"curriculum": {"warmup": None, "warmup_fraction": 0.25}}})
+    out = tmp_path / "run"
+    code = main(["meta-train", "-c", str(path), "--method", "purer", "--n-shot", "1", "--out", str(out),
+                 "--set", "meta_train.curriculum.warmup=300"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert lines[0] == (f"purer meta-train: error: {path}: meta_train.curriculum.warmup / warmup_fraction: expected "
+                        "exactly one of them, got both (warmup=300, warmup_fraction=0.25); set warmup: null to use "
+                        "warmup_fraction, or warmup_fraction: null")
+    assert not out.exists()
