@@ -322,3 +322,24 @@ def test_both_warmups_on_the_command_line_is_one_line_and_exit_2(write_config, t
                         "exactly one of them, got both (warmup=300, warmup_fraction=0.25); set warmup: null to use "
                         "warmup_fraction, or warmup_fraction: null")
     assert not out.exists()
+
+
+def test_configs_that_follow_the_released_scripts_use_parity_mode():
+    """The scenario configs claim the released scripts' settings: triangular weights, adv_scale 10,
+    absolute warm-up 4000. The default and bench configs are smoke runs: fractional warm-up."""
+    from workflow_support import REPO
+
+    experiments = sorted((REPO / "config" / "experiments").glob("*.yaml"))
+    parity = [p for p in experiments if p.stem != "bench"]
+    assert len(parity) == 7
+    for path in parity:
+        text = path.read_text(encoding="utf-8")
+        assert "released PURER scripts" in text, path
+        config = load_config(path).meta_train
+        assert config.inversion.teacher_weighting == "triangular", path
+        assert (config.curriculum.adv_scale, config.curriculum.adv_strength) == (10.0, None), path
+        assert (config.curriculum.warmup, config.curriculum.warmup_fraction) == (4000, None), path
+    for path in (REPO / "config" / "config.yaml", REPO / "config" / "experiments" / "bench.yaml"):
+        curriculum = load_config(path).meta_train.curriculum
+        assert (curriculum.warmup, curriculum.warmup_fraction) == (None, 0.25), path
+        assert load_config(path).meta_train.inversion.teacher_weighting == "equal", path
