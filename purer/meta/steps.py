@@ -38,6 +38,10 @@ def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.T
     (its ``found_inf`` flag, as under AMP gradient scaling); :func:`train_iteration` reports it
     after the iteration's one synchronisation.
 
+    On a reversed step the inversion and the reversed image gradients are taken separately and
+    summed (one backward of their total gives the same sums: the episode's support and query rows
+    are disjoint), so their per-class norms can be compared (:func:`gradient_ratios`).
+
     Returns:
         The detached logging terms (``adv`` and the ``adv_ratio_*`` are NaN without a reversed
         step) plus ``finite`` (0-d bool: the step was taken), and whether the reversed outer loss

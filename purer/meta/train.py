@@ -299,9 +299,9 @@ def strength_summary(run: Run) -> dict[str, Any]:
     null for EI."""
     if run.method != "purer":
         return {"reversed_strength": None}
-    mt = run.mt
-    teachers = run.manifest.teachers
-    strengths = list(class_strengths(mt.curriculum, teachers, range(len(teachers)), mt.inversion.teacher_weighting).values())
+    mt, teachers = run.mt, run.manifest.teachers
+    per_class = class_strengths(mt.curriculum, teachers, range(len(teachers)), mt.inversion.teacher_weighting)
+    strengths = list(per_class.values())
     return {"reversed_strength": {"min": min(strengths), "median": statistics.median(strengths), "max": max(strengths)}}
 
 
