@@ -293,19 +293,22 @@ def grids_over_time_figure(runs: list[Run]) -> Figure | None:
         return None
     keys = sorted(chosen, key=lambda k: (method_rank(k[0]), _setting_key(k[1])))
     columns = max(len(grids) for _, grids in chosen.values())
+    images = {key: [_read_image(path) for _, path in grids] for key, (_, grids) in chosen.items()}
+    first = images[keys[0]][0]
+    height = min(8.0, 2.0 * first.shape[0] / first.shape[1]) + 0.4  # panels follow the grids' aspect
     with _style():
-        fig, axes = _figure(len(keys), columns, (1.9, 2.1))
+        fig, axes = _figure(len(keys), columns, (2.0, height))
         for i, key in enumerate(keys):
             run, grids = chosen[key]
             for j in range(columns):
                 ax = axes[i, j]
                 ax.axis("off")
                 if j < len(grids):
-                    iteration, path = grids[j]
-                    ax.imshow(_read_image(path), interpolation="nearest")
+                    iteration, _ = grids[j]
+                    ax.imshow(images[key][j], interpolation="nearest")
                     ax.set_title(f"{variant_label(key[0], False)}, {key[1]}\nseed {run.seed}, it {iteration}",
                                  fontsize=6)
-        fig.suptitle("Dynamic dataset over meta-training (one row per class)")
+        fig.suptitle("Dynamic dataset over meta-training\n(one row per class)")
     return fig
 
 
@@ -367,7 +370,7 @@ def teacher_ce_figure(runs: list[Run]) -> Figure | None:
                     for method, group in mine.groupby("method", sort=True):
                         ax.vlines(group["iteration"], 0.0, 0.06, transform=ax.get_xaxis_transform(),
                                   colors=[colours.get(method, "black")], lw=0.8)
-        fig.suptitle("Teachers' own cross-entropy on their images (ticks: reversed steps)")
+        fig.suptitle("Teachers' CE on their images\n(ticks: reversed steps)")
     return fig
 
 
