@@ -272,6 +272,13 @@ def test_gradient_ratios_by_hand():
     reversed_[domain.rows([4])] = 6.0  # ratio 6 for class 4; the other classes are not reached
     median, maximum = gradient_ratios(state.data, (inversion,), (reversed_,))
     assert float(median) == pytest.approx(2.0) and float(maximum) == pytest.approx(6.0)
+    reversed_[domain.rows([0, 2])] = 1.0  # ratios 1 and 1: median of (1, 1, 2, 6) is 1 (lower middle)
+    inversion[domain.rows([5])] = 0.0  # class 5 is reached but not inverted in this step: no ratio
+    reversed_[domain.rows([5])] = 9.0
+    median, maximum = gradient_ratios(state.data, (inversion,), (reversed_,))
+    assert float(median) == pytest.approx(1.0) and float(maximum) == pytest.approx(6.0)
+    median, maximum = gradient_ratios(state.data, (inversion,), (None,))
+    assert torch.isnan(median) and torch.isnan(maximum)
 
 
 def test_ce_per_teacher_marks_teachers_outside_the_step():

@@ -92,10 +92,11 @@ def reversed_term(run: Run, state: State, subset: list[int] | None) -> torch.Ten
 def gradient_ratios(
     data: PseudoData, inversion: tuple[torch.Tensor | None, ...], reversed_: tuple[torch.Tensor | None, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Median and maximum over the classes the reversed term reaches of ‖g_rev,c‖ / ‖g_inv,c‖.
+    """Median and maximum of ‖g_rev,c‖ / ‖g_inv,c‖ over the classes both gradients reach.
 
     Per class c, the L2 norms of the two image gradients over all its images (per domain,
-    [C·spc, ...] viewed as [C, spc·...]). 0-d tensors; NaN when the reversed term reaches no class.
+    [C·spc, ...] viewed as [C, spc·...]). A class no teacher of the step inverts
+    (``teachers_per_step``) has no ratio. 0-d tensors; NaN when no class has one.
     """
     ratios = []
     for domain, g_inv, g_rev in zip(data.domains.values(), inversion, reversed_, strict=True):
@@ -103,7 +104,7 @@ def gradient_ratios(
             continue
         rev = g_rev.reshape(domain.n_classes, -1).norm(dim=1)
         inv = g_inv.reshape(domain.n_classes, -1).norm(dim=1) if g_inv is not None else torch.zeros_like(rev)
-        ratios.append(torch.where(rev > 0, rev / inv, float("nan")))
+        ratios.append(torch.where((rev > 0) & (inv > 0), rev / inv, float("nan")))
     if not ratios:
         nan = torch.full((), float("nan"), device=data.parameters()[0].device)
         return nan, nan
