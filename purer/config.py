@@ -187,15 +187,23 @@ class InversionConfig:
 class CurriculumConfig:
     """The gradient switch of ECI (algorithm.md §2.6)."""
 
-    adv_scale: float = 10.0  # weight of the reversed outer loss
-    warmup: int = 4000  # meta-iterations before the first reversed step
-    warmup_fraction: float | None = None  # if set, warm-up = fraction x iterations (short runs)
+    # Strength of the reversed step (docs/reversed-strength.md): exactly one of the two is set.
+    adv_scale: float | None = 10.0  # coefficient of -L_outer in the data loss (the reference code's meaning)
+    adv_strength: float | None = None  # per-class ratio reversed / inversion coefficient (pool-size independent)
+    # Warm-up: exactly one of the two is set.
+    warmup: int | None = 4000  # meta-iterations before the first reversed step (studies)
+    warmup_fraction: float | None = None  # warm-up = fraction x iterations (smoke runs only)
     patience: int = 6  # non-improving meta-iterations before the switch fires
 
     def __post_init__(self) -> None:
-        _require(self.adv_scale >= 0, "adv_scale", "0 or more", self.adv_scale)
-        _require(self.warmup >= 0, "warmup", "0 or more", self.warmup)
-        _at_most(self, "warmup", MAX_STEPS)
+        _require_one_of(self, "adv_scale", "adv_strength")
+        for name in ("adv_scale", "adv_strength"):
+            if getattr(self, name) is not None:
+                _require(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
+        _require_one_of(self, "warmup", "warmup_fraction")
+        if self.warmup is not None:
+            _require(self.warmup >= 0, "warmup", "0 or more", self.warmup)
+            _at_most(self, "warmup", MAX_STEPS)
         _require(self.patience >= 1, "patience", "at least 1", self.patience)
         _at_most(self, "patience", MAX_STEPS)
         if self.warmup_fraction is not None:
@@ -426,6 +434,16 @@ def require_name(value: str, key: str) -> None:
         "at most 100 characters)",
         value,
     )
+
+
+def _require_one_of(config: Any, first: str, second: str) -> None:
+    """Exactly one of two alternative keys is set; the other is null."""
+    a, b = getattr(config, first), getattr(config, second)
+    if a is not None and b is not None:
+        raise ConfigError(f"{first} / {second}: expected exactly one of them, got both ({first}={a!r}, "
+                          f"{second}={b!r}); set {first}: null to use {second}, or {second}: null")
+    if a is None and b is None:
+        raise ConfigError(f"{first} / {second}: expected exactly one of them, got neither (both null)")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -65,8 +65,8 @@ def test_disabled_switch_never_fires():
 
 def test_effective_warmup_uses_the_fraction_when_set():
     assert effective_warmup(CurriculumConfig(warmup=7), 100) == 7
-    assert effective_warmup(CurriculumConfig(warmup=7, warmup_fraction=0.25), 10) == 2  # round(2.5) = 2
-    assert effective_warmup(CurriculumConfig(warmup=7, warmup_fraction=0.5), 9) == 4
+    assert effective_warmup(CurriculumConfig(warmup=None, warmup_fraction=0.25), 10) == 2  # round(2.5) = 2
+    assert effective_warmup(CurriculumConfig(warmup=None, warmup_fraction=0.5), 9) == 4
 
 
 def test_state_round_trip_continues_identically():

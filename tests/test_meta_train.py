@@ -103,11 +103,18 @@ def test_purer_writes_every_output_and_switches(pool, tmp_path, monkeypatch):
     summary = meta_train(_config(pool), "purer", 1, 0, out)
     for name in ("meta_model.pt", "last.pt", "checkpoint.pt", "summary.json", "config.resolved.yaml", "env.json"):
         assert (out / name).is_file(), name
-    assert sorted(p.name for p in (out / "grids").iterdir()) == ["grid_iter00003.png", "grid_iter00006.png"]
+    # grid_snapshots 2, plus the warm-up iteration (the images before the first reversed step)
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["grid_iter00001.png", "grid_iter00003.png",
+                                                                 "grid_iter00006.png"]
     curve = _curve(out)
     assert [r["iteration"] for r in curve] == [1, 2, 3, 4, 5, 6]
     assert set(curve[0]) == {"iteration", "seconds", "loss_outer", "train_accuracy", "switch", "loss_inv_total",
-                             "loss_ce", "loss_tv", "loss_bn", "loss_l2", "loss_adv"}
+                             "loss_ce", "loss_tv", "loss_bn", "loss_l2", "loss_adv", "adv_grad_ratio_median",
+                             "adv_grad_ratio_max", "teacher_ce", "teacher_ce_max"}
+    assert all(len(r["teacher_ce"]) == 2 and r["teacher_ce_max"] == max(r["teacher_ce"]) for r in curve)
+    assert all((r["adv_grad_ratio_median"] is not None) == r["switch"] for r in curve)
+    assert summary["switch_iterations"] == [r["iteration"] for r in curve if r["switch"]]
+    assert summary["reversed_strength"] == {"min": 1.0, "median": 1.0, "max": 1.0}  # equal weights, adv_scale 1
     # warm-up 1: the switch turns on after iteration 1, so iteration 2's data step is reversed
     assert curve[0]["switch"] is False and curve[1]["switch"] is True
     assert all((r["loss_adv"] is not None) == r["switch"] for r in curve)
@@ -310,7 +317,8 @@ def test_pool_of_two_sizes_and_channel_counts(tmp_path):
     assert summary["n_teachers"] == 4 and summary["iterations"] == 3
     model = torch.load(out / "meta_model.pt", weights_only=False)
     assert (model["input_size"], model["channels"], model["arch_kwargs"]["adaptive_pool"]) == (16, 1, True)
-    assert sorted(p.name for p in (out / "grids").iterdir()) == ["grid_iter00003.png", "grid_iter00003_20px-3ch.png"]
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["grid_iter00001.png", "grid_iter00001_20px-3ch.png",
+                                                                 "grid_iter00003.png", "grid_iter00003_20px-3ch.png"]
 
 
 def test_grid_iterations_are_spread_and_include_the_end():

@@ -233,8 +233,9 @@ class ResidentPool:
             teachers: pool positions to use, in weighting order (None = all, pool order).
 
         Returns:
-            The total (0-d, differentiable w.r.t. the images) and detached 0-d logging terms:
-            ``ce``, ``tv``, ``bn``, ``l2`` averaged over the teachers, ``total`` = the total.
+            The total (0-d, differentiable w.r.t. the images) and detached logging terms:
+            ``ce``, ``tv``, ``bn``, ``l2`` averaged over the teachers, ``total`` = the total (0-d),
+            and ``ce_per_teacher`` [n_teachers] (pool order; NaN for a teacher not in ``teachers``).
         """
         order = self._order(teachers)
         shifts = draw_shifts(len(order), config.jitter, generator)
@@ -242,6 +243,7 @@ class ResidentPool:
         tables = self.tables(data)
         sums = dict.fromkeys(TERM_NAMES, 0.0)
         total = 0.0
+        positions, ces = [], []
         for group in self.groups:
             picked = [j for j, p in enumerate(order) if p in group.slot]
             if not picked:
@@ -250,7 +252,9 @@ class ResidentPool:
             w = _to_device([weights[j] for j in picked], torch.float32, terms["total"].device)
             total = total + (w * terms["total"]).sum()
             sums = {k: sums[k] + terms[k].detach().sum() for k in TERM_NAMES}
-        return total, _log_terms(sums, total, len(order))
+            positions += [order[j] for j in picked]
+            ces.append(terms["ce"].detach())
+        return total, _log_terms(sums, total, len(order)) | {"ce_per_teacher": self._per_teacher(positions, ces)}
 
     def _group_terms(
         self,
@@ -290,11 +294,21 @@ class ResidentPool:
         slices = _gathered(tables, order)
         sums = dict.fromkeys(TERM_NAMES, 0.0)
         total = 0.0
+        ces = []
         for j, position in enumerate(order):
             terms = self.teacher_terms(position, roll(slices[j], shifts[j]), tables.targets[position], config)
             total = total + weights[j] * terms["total"]
             sums = {k: sums[k] + terms[k].detach() for k in TERM_NAMES}
-        return total, _log_terms(sums, total, len(order))
+            ces.append(terms["ce"].detach().reshape(1))
+        return total, _log_terms(sums, total, len(order)) | {"ce_per_teacher": self._per_teacher(order, ces)}
+
+    def _per_teacher(self, positions: list[int], values: list[torch.Tensor]) -> torch.Tensor:
+        """float32 [n_teachers] in pool order: ``values`` (concatenated) at ``positions``, NaN elsewhere."""
+        flat = torch.cat(values).float()
+        if positions == list(range(self.n_teachers)):
+            return flat
+        out = torch.full((self.n_teachers,), float("nan"), device=flat.device)
+        return out.index_copy(0, _to_device(positions, torch.int64, flat.device), flat)
 
     def teacher_terms(
         self, position: int, x: torch.Tensor, targets: torch.Tensor, config: InversionConfig

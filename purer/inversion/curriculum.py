@@ -14,24 +14,86 @@ When the switch turns on (algorithm.md §2.6):
   larger value resets a counter, anything else increments it; at ``patience`` the switch turns on,
   the counter resets and the maximum is cleared. Two reversed steps are therefore at least
   ``patience + 1`` meta-iterations apart.
+
+The warm-up is ``curriculum.warmup`` meta-iterations (studies) or, for smoke runs only,
+``curriculum.warmup_fraction`` of the run (exactly one of them is set).
+
+Strength (docs/reversed-strength.md). The data loss of a step over the teachers at positions
+``order`` with weights w_j (:func:`purer.inversion.batched.teacher_weights`) is
+``Σ_j w_j L_inv,j − a · L_outer``; the images of class c get the inversion gradient with coefficient
+w̄_c = Σ of the weights of the step's teachers that know c. The *per-class strength* is the ratio of
+the two coefficients, ρ_c = a_c / w̄_c:
+
+- ``adv_scale`` (the reference code's meaning): a_c = adv_scale for every class, so with
+  ``triangular`` weights ρ_c = adv_scale / (K − j) for the classes of teacher j of K;
+- ``adv_strength``: the reversed term's gradient on class c's images is multiplied by w̄_c (by the
+  mean weight of the step for a class no teacher of the step inverts), so ρ_c = adv_strength for
+  every class, whatever the weighting and the pool size.
 """
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from purer.config import CurriculumConfig
+from purer.inversion.batched import teacher_weights
 from purer.meta.learners import Episode, GradientLearner, ProtoNet, episode_loss
 
 
 def effective_warmup(curriculum: CurriculumConfig, iterations: int) -> int:
-    """Warm-up in meta-iterations: ``round(warmup_fraction * iterations)`` if the fraction is set."""
+    """Warm-up in meta-iterations: ``warmup``, or ``round(warmup_fraction * iterations)`` (smoke runs)."""
     if curriculum.warmup_fraction is not None:
         return int(round(curriculum.warmup_fraction * iterations))
-    return curriculum.warmup
+    return int(curriculum.warmup)
+
+
+def class_inversion_weights(teachers: Sequence[Any], order: Sequence[int], weighting: str) -> dict[int, float]:
+    """w̄_c of every class a data step inverts: the summed weights of its teachers in the step.
+
+    Args:
+        teachers: the pool's teacher entries (field ``classes``: global ids).
+        order: pool positions of the step's teachers, in weighting order.
+        weighting: ``equal`` or ``triangular`` (``meta_train.inversion.teacher_weighting``).
+    """
+    weights: dict[int, float] = {}
+    for weight, position in zip(teacher_weights(len(order), weighting), order, strict=True):
+        for c in teachers[position].classes:
+            weights[int(c)] = weights.get(int(c), 0.0) + weight
+    return weights
+
+
+def reversed_coefficients(
+    curriculum: CurriculumConfig, teachers: Sequence[Any], order: Sequence[int], weighting: str
+) -> tuple[float, dict[int, float] | None]:
+    """The reversed term's scalar coefficient and its per-class gradient multipliers (None: all 1).
+
+    ``adv_scale``: (adv_scale, None). ``adv_strength``: (adv_strength, {c: w̄_c}) for every class of
+    the pool, with the step's mean teacher weight for classes no teacher of the step inverts.
+    """
+    if curriculum.adv_strength is None:
+        return float(curriculum.adv_scale), None
+    inverted = class_inversion_weights(teachers, order, weighting)
+    mean_weight = statistics.fmean(teacher_weights(len(order), weighting))
+    every = {int(c) for entry in teachers for c in entry.classes}
+    return float(curriculum.adv_strength), {c: inverted.get(c, mean_weight) for c in sorted(every)}
+
+
+def class_strengths(
+    curriculum: CurriculumConfig, teachers: Sequence[Any], order: Sequence[int], weighting: str
+) -> dict[int, float]:
+    """ρ_c = reversed coefficient / inversion coefficient of each class the step inverts.
+
+    The reference code (``triangular``, ``adv_scale``) gives adv_scale / (K − j) to the classes of
+    the teacher at position j; ``adv_strength`` gives adv_strength to every class.
+    """
+    coefficient, multipliers = reversed_coefficients(curriculum, teachers, order, weighting)
+    inverted = class_inversion_weights(teachers, order, weighting)
+    return {c: coefficient * (1.0 if multipliers is None else multipliers[c]) / w for c, w in inverted.items()}
 
 
 class GradientSwitch:

@@ -15,8 +15,9 @@ least one teacher knows get images.
 Pseudo episodes (§2.4) pick N distinct classes uniformly from all classes of one domain, then
 n_shot + n_query of each class's spc images without replacement (vectorised: random keys + argsort),
 the first n_shot as support. ``detach=True`` (meta-training episodes) cuts the graph to the images;
-``detach=False`` (the reversed step, §2.6) keeps it. With several domains a domain is drawn per
-episode with probability proportional to its number of classes.
+``detach=False`` (the reversed step, §2.6) keeps it, optionally with a per-class gradient multiplier
+(``grad_scale``: the reversed step at ``curriculum.adv_strength``, purer.inversion.curriculum). With
+several domains a domain is drawn per episode with probability proportional to its number of classes.
 
 Resizing for MH pools (a design decision, algorithm.md §5): when the meta model's input differs
 from a domain, episode images are resized with bilinear interpolation (``antialias=False``) and
@@ -77,6 +78,25 @@ def adapt_input(x: torch.Tensor, size: int | None, channels: int | None) -> torc
         else:
             raise ConfigError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
     return x
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward (a copy); the backward multiplies the incoming gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, ...] unchanged, whose gradient is multiplied by ``scale`` [B] per row on the way back."""
+    return _ScaleGradient.apply(x, scale.to(x.dtype).view(-1, *([1] * (x.dim() - 1))))
 
 
 class DynamicDataset:
@@ -187,6 +207,7 @@ class DynamicDataset:
         detach: bool = True,
         size: int | None = None,
         channels: int | None = None,
+        grad_scale: torch.Tensor | None = None,
     ) -> Episode:
         """A pseudo episode (algorithm.md §2.4); relative labels follow the drawn class order.
 
@@ -194,14 +215,20 @@ class DynamicDataset:
             detach: True for meta-training episodes (no gradient to the images); False for the
                 reversed step, whose loss must reach the support and query images.
             size, channels: the meta model's input (None = the domain's); see :func:`adapt_input`.
+            grad_scale: [n_classes] (layout order) multipliers of the gradient that reaches each
+                class's images (``detach=False`` only); None = 1. The episode's values are unchanged.
         """
         support_rows, query_rows = self.sample_rows(n_way, n_shot, n_query, generator)
         images = self.images.detach() if detach else self.images
+        support, query = images[support_rows], images[query_rows]
+        if grad_scale is not None and not detach:
+            support = scale_gradient(support, grad_scale[support_rows // self.images_per_class])
+            query = scale_gradient(query, grad_scale[query_rows // self.images_per_class])
         labels = torch.arange(n_way, device=self.device)
         return Episode(
-            support_x=adapt_input(images[support_rows], size, channels),
+            support_x=adapt_input(support, size, channels),
             support_y=labels.repeat_interleave(n_shot),
-            query_x=adapt_input(images[query_rows], size, channels),
+            query_x=adapt_input(query, size, channels),
             query_y=labels.repeat_interleave(n_query),
         )
 
@@ -334,10 +361,23 @@ class PseudoData:
         detach: bool = True,
         size: int | None = None,
         channels: int | None = None,
+        grad_scales: dict[DomainKey, torch.Tensor] | None = None,
     ) -> Episode:
-        """A pseudo episode from one domain (see :meth:`DynamicDataset.sample_episode`)."""
+        """A pseudo episode from one domain (see :meth:`DynamicDataset.sample_episode`).
+
+        ``grad_scales``: per domain, the ``grad_scale`` of its classes (:meth:`class_scales`).
+        """
         domain = self.pick_domain(n_way, generator)
-        return domain.sample_episode(n_way, n_shot, n_query, generator, detach, size, channels)
+        scale = grad_scales[domain.key] if grad_scales is not None else None
+        return domain.sample_episode(n_way, n_shot, n_query, generator, detach, size, channels, scale)
+
+    def class_scales(self, multipliers: dict[int, float]) -> dict[DomainKey, torch.Tensor]:
+        """Per domain, a float32 [n_classes] tensor (layout order) of ``multipliers`` (1 for a class
+        not in it), copied to the device without a host-device synchronisation."""
+        return {
+            key: torch.tensor([float(multipliers.get(c, 1.0)) for c in d.class_ids]).to(d.device, non_blocking=True)
+            for key, d in self.domains.items()
+        }
 
     def class_grid(self, domain: DomainKey | None = None, per_class: int = 8, max_classes: int | None = None) -> torch.Tensor:
         """uint8 grid [3, H, W] of a domain's images (default: the first domain)."""

@@ -257,6 +257,7 @@ def write_summary(out_dir: Path, head: dict[str, Any], state: Any, fingerprint_v
         "seconds_validation": state.val_seconds,
         "seconds_per_iteration": statistics.median(seconds) if seconds else None,
         "switch_events": sum(bool(r["switch"]) for r in curve),
+        "switch_iterations": [r["iteration"] for r in curve if r["switch"]],
         "best_val_accuracy": state.best["accuracy"],
         "best_val_ci95": state.best["ci95"],
         "best_iteration": state.best["iteration"],

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from purer.errors import PurerError
-from purer.inversion.curriculum import reversed_outer_loss
+from purer.inversion.curriculum import reversed_coefficients, reversed_outer_loss
 
 if TYPE_CHECKING:
+    from purer.inversion.dataset import PseudoData
     from purer.meta.train import Run, State
 
 logger = logging.getLogger(__name__)
@@ -38,30 +39,84 @@ def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.T
     (its ``found_inf`` flag, as under AMP gradient scaling); :func:`train_iteration` reports it
     after the iteration's one synchronisation.
 
+    On a reversed step the inversion and the reversed image gradients are taken separately and
+    summed (one backward of their total gives the same sums: the episode's support and query rows
+    are disjoint), so their per-class norms can be compared (:func:`gradient_ratios`).
+
     Returns:
-        The detached logging terms (``adv`` is NaN without a reversed step) plus ``finite`` (0-d
-        bool: the step was taken), and whether the reversed outer loss was part of the loss.
+        The detached logging terms (``adv`` and the ``adv_ratio_*`` are NaN without a reversed
+        step) plus ``finite`` (0-d bool: the step was taken), and whether the reversed outer loss
+        was part of the loss.
     """
     mt = run.mt
-    loss, terms = inversion_loss_fn(run, state)(state.data, state.generators["jitter"], mt.inversion,
-                                                teacher_subset(run, state))
-    adv = torch.full((), float("nan"), device=run.device)
-    reversed_on = state.switch.is_on
-    if reversed_on:
-        episode = state.data.sample_episode(mt.n_way, run.n_shot, mt.n_query, state.generators["adv_episodes"],
-                                            detach=False, size=run.spec.input_size, channels=run.spec.channels)
-        adv = reversed_outer_loss(state.learner, state.meta_model, state.params, episode, mt.learner.inner_steps,
-                                  mt.curriculum.adv_scale)
-        loss = loss + adv
+    subset = teacher_subset(run, state)
+    loss, terms = inversion_loss_fn(run, state)(state.data, state.generators["jitter"], mt.inversion, subset)
     images = state.data.parameters()
     grads = torch.autograd.grad(loss, images, allow_unused=True)  # the images only (algorithm.md §8.5)
+    nan = torch.full((), float("nan"), device=run.device)
+    adv, ratios = nan, (nan, nan)
+    reversed_on = state.switch.is_on
+    if reversed_on:
+        adv = reversed_term(run, state, subset)
+        adv_grads = torch.autograd.grad(adv, images, allow_unused=True)
+        ratios = gradient_ratios(state.data, grads, adv_grads)
+        loss = loss.detach() + adv.detach()
+        grads = tuple(_add(g, a) for g, a in zip(grads, adv_grads, strict=True))
     finite = finite_flag(loss, grads)
     for image, grad in zip(images, grads, strict=True):
         image.grad = grad
     state.data.optimizer.found_inf = (~finite).float()  # read by the fused Adam kernel: skip if 1
     state.data.optimizer.step()
     state.data.optimizer.zero_grad(set_to_none=True)
-    return dict(terms) | {"adv": adv.detach(), "finite": finite}, reversed_on
+    diagnostics = {"adv": adv.detach(), "adv_ratio_median": ratios[0], "adv_ratio_max": ratios[1], "finite": finite}
+    return dict(terms) | diagnostics, reversed_on
+
+
+def reversed_term(run: Run, state: State, subset: list[int] | None) -> torch.Tensor:
+    """``−a · L_outer`` of a fresh non-detached pseudo episode, at the configured strength.
+
+    With ``curriculum.adv_strength`` the gradient reaching each class's images is multiplied by
+    that class's inversion weight in this step (purer.inversion.curriculum.reversed_coefficients).
+    """
+    mt = run.mt
+    order = list(range(len(run.manifest.teachers))) if subset is None else subset
+    coefficient, multipliers = reversed_coefficients(mt.curriculum, run.manifest.teachers, order,
+                                                     mt.inversion.teacher_weighting)
+    scales = state.data.class_scales(multipliers) if multipliers is not None else None
+    episode = state.data.sample_episode(mt.n_way, run.n_shot, mt.n_query, state.generators["adv_episodes"],
+                                        detach=False, size=run.spec.input_size, channels=run.spec.channels,
+                                        grad_scales=scales)
+    return reversed_outer_loss(state.learner, state.meta_model, state.params, episode, mt.learner.inner_steps,
+                               coefficient)
+
+
+def gradient_ratios(
+    data: PseudoData, inversion: tuple[torch.Tensor | None, ...], reversed_: tuple[torch.Tensor | None, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Median and maximum of ‖g_rev,c‖ / ‖g_inv,c‖ over the classes both gradients reach.
+
+    Per class c, the L2 norms of the two image gradients over all its images (per domain,
+    [C·spc, ...] viewed as [C, spc·...]). A class no teacher of the step inverts
+    (``teachers_per_step``) has no ratio. 0-d tensors; NaN when no class has one.
+    """
+    ratios = []
+    for domain, g_inv, g_rev in zip(data.domains.values(), inversion, reversed_, strict=True):
+        if g_rev is None:
+            continue
+        rev = g_rev.reshape(domain.n_classes, -1).norm(dim=1)
+        inv = g_inv.reshape(domain.n_classes, -1).norm(dim=1) if g_inv is not None else torch.zeros_like(rev)
+        ratios.append(torch.where((rev > 0) & (inv > 0), rev / inv, float("nan")))
+    if not ratios:
+        nan = torch.full((), float("nan"), device=data.parameters()[0].device)
+        return nan, nan
+    values = torch.cat(ratios)
+    return values.nanmedian(), torch.where(values.isnan(), float("-inf"), values).max()
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return a + b
 
 
 def teacher_subset(run: Run, state: State) -> list[int] | None:

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes
 from purer.errors import ConfigError
 from purer.inversion.batched import ResidentPool
-from purer.inversion.curriculum import GradientSwitch
+from purer.inversion.curriculum import GradientSwitch, class_strengths
 from purer.inversion.dataset import PseudoData
 from purer.io import append_jsonl, remove_stale_temporaries, save_torch
 from purer.meta import checkpoint as ckpt
@@ -77,7 +78,8 @@ METHODS = ("purer", "ei", "random", "average")
 TRAINED = ("purer", "ei")
 GENERATORS = {"episodes": "device", "adv_episodes": "device", "jitter": "cpu", "teachers": "cpu"}
 CURVE_TERMS = {"loss_inv_total": "total", "loss_ce": "ce", "loss_tv": "tv", "loss_bn": "bn", "loss_l2": "l2",
-               "loss_adv": "adv"}
+               "loss_adv": "adv", "adv_grad_ratio_median": "adv_ratio_median", "adv_grad_ratio_max": "adv_ratio_max"}
+REVERSED_ONLY = ("loss_adv", "adv_grad_ratio_median", "adv_grad_ratio_max")  # null without a reversed step
 INIT_HINT = "; set meta_train.init: random to start purer/ei from a random initialisation"
 
 
@@ -290,6 +292,8 @@ def train_claimed(run: Run, state: State) -> dict[str, Any]:
     write_run_info(run.out_dir, run.config, method=run.method, n_shot=run.n_shot, seed=run.seed)
     iterations = run.mt.iterations
     snapshots = ckpt.grid_iterations(iterations, run.mt.grid_snapshots)
+    if snapshots and 1 <= state.switch.warmup <= iterations:
+        snapshots.add(state.switch.warmup)  # the images just before the first reversed step (EI too)
     with progress(total=iterations, desc=f"{run.method} {run.spec.n_way}w{run.n_shot}s") as bar:
         bar.update(state.iteration)
         for iteration in range(state.iteration + 1, iterations + 1):
@@ -304,7 +308,19 @@ def train_claimed(run: Run, state: State) -> dict[str, Any]:
     if state.best["iteration"] is None:  # zero iterations: validate the initialisation
         validate(run, state)
     save_model(run, state, run.out_dir / "last.pt")
-    return ckpt.write_summary(run.out_dir, _head(run), state, run.fingerprint)
+    return ckpt.write_summary(run.out_dir, _head(run) | strength_summary(run), state, run.fingerprint)
+
+
+def strength_summary(run: Run) -> dict[str, Any]:
+    """``reversed_strength``: min / median / max over classes of ρ_c, the reversed term's coefficient
+    over the class's inversion coefficient in a step with all teachers (docs/reversed-strength.md);
+    null for EI."""
+    if run.method != "purer":
+        return {"reversed_strength": None}
+    mt, teachers = run.mt, run.manifest.teachers
+    per_class = class_strengths(mt.curriculum, teachers, range(len(teachers)), mt.inversion.teacher_weighting)
+    strengths = list(per_class.values())
+    return {"reversed_strength": {"min": min(strengths), "median": statistics.median(strengths), "max": max(strengths)}}
 
 
 def after_iteration(run: Run, state: State, iteration: int, snapshots: set[int]) -> None:
@@ -326,17 +342,27 @@ def train_iteration(run: Run, state: State, iteration: int) -> dict[str, Any]:
     ``loss_inv_total`` the weighted inversion loss summed over teachers and ``loss_adv`` the
     reversed term added to the data loss (``null`` without a reversed step, as are the terms of a
     skipped step).
+
+    Diagnostics: ``teacher_ce`` lists each teacher's own cross-entropy on its (jittered) images
+    before the step, in pool order (``null`` for a teacher not in the step), ``teacher_ce_max``
+    their maximum (``loss_ce`` is their mean); on a reversed step, ``adv_grad_ratio_median`` /
+    ``_max`` summarise ‖reversed gradient‖ / ‖inversion gradient‖ over the classes it reaches
+    (:func:`purer.meta.steps.gradient_ratios`).
     """
     start = time.perf_counter()
     state.iteration = iteration
     terms, reversed_on = data_step(run, state, iteration)
     loss_outer, accuracy = meta_step(run, state)
     logged = [loss_outer, accuracy, terms["finite"].float()] + [terms[k] for k in CURVE_TERMS.values()]
-    values = torch.stack(logged).tolist()  # the iteration's one host-device synchronisation
+    per_teacher = terms["ce_per_teacher"].to(logged[0].dtype)
+    values = torch.cat([torch.stack(logged), per_teacher]).tolist()  # the iteration's one host-device sync
+    teacher_ce = values[len(logged):]
+    values = values[: len(logged)]
     finite = values.pop(2) == 1.0
     if not finite:  # the image step was skipped on the device; stop, or log it and go on
         handle_nonfinite(run, iteration, terms, reversed_on)
-        values[2 + list(CURVE_TERMS).index("loss_adv")] = float("nan")
+        for name in REVERSED_ONLY:
+            values[2 + list(CURVE_TERMS).index(name)] = float("nan")
     check_outer_loss(run, iteration, values[0])
     switched = reversed_on and finite
     if switched:
@@ -346,6 +372,9 @@ def train_iteration(run: Run, state: State, iteration: int) -> dict[str, Any]:
               "train_accuracy": values[1], "switch": switched}
     for name, value in zip(CURVE_TERMS, values[2:], strict=True):
         record[name] = value if math.isfinite(value) else None
+    finite_ce = [v for v in teacher_ce if math.isfinite(v)]
+    record["teacher_ce"] = [v if math.isfinite(v) else None for v in teacher_ce]
+    record["teacher_ce_max"] = max(finite_ce) if finite_ce else None
     return record
 
 

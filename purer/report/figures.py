@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,7 @@ SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None}, "svg"
 RC = {"svg.hashsalt": "purer", "font.size": 8.0, "axes.titlesize": 9.0, "axes.labelsize": 8.0}
 CURVE_METRICS = {"train_accuracy": "train accuracy", "loss_outer": "outer loss"}
 SMOOTHING_FRACTION = 0.05  # trailing moving-average window, as a fraction of the curve's length
+_GRID_NAME = re.compile(r"grid_iter(\d+)\.png")  # a run's first-domain grids (others end in _<domain>)
 
 
 @contextlib.contextmanager
@@ -266,6 +268,112 @@ def _read_image(path: Path) -> np.ndarray:
         raise DataError(f"image grid {path} is not a readable image ({exc})") from None
 
 
+def _grid_files(run: Run) -> list[tuple[int, Path]]:
+    """(iteration, path) of a run's first-domain grids ``grid_iter<k>.png``, by iteration."""
+    found = []
+    for path in (run.path / "grids").glob("grid_iter*.png"):
+        match = _GRID_NAME.fullmatch(path.name)
+        if match is not None:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def grids_over_time_figure(runs: list[Run]) -> Figure | None:
+    """Every saved grid of each (method, setting), lowest seed, left to right by iteration.
+
+    One row per (method, setting); the warm-up grid (just before the first reversed step) sits
+    among them. Returns None unless some run has at least two grids.
+    """
+    chosen: dict[tuple[str, str], tuple[Run, list[tuple[int, Path]]]] = {}
+    for run in runs:  # sorted by method, setting, seed: keep the first (lowest seed)
+        grids = _grid_files(run)
+        if grids:
+            chosen.setdefault((run.method, run.setting), (run, grids))
+    if not chosen or max(len(grids) for _, grids in chosen.values()) < 2:
+        return None
+    keys = sorted(chosen, key=lambda k: (method_rank(k[0]), _setting_key(k[1])))
+    columns = max(len(grids) for _, grids in chosen.values())
+    images = {key: [_read_image(path) for _, path in grids] for key, (_, grids) in chosen.items()}
+    first = images[keys[0]][0]
+    height = min(8.0, 2.0 * first.shape[0] / first.shape[1]) + 0.4  # panels follow the grids' aspect
+    with _style():
+        fig, axes = _figure(len(keys), columns, (2.0, height))
+        for i, key in enumerate(keys):
+            run, grids = chosen[key]
+            for j in range(columns):
+                ax = axes[i, j]
+                ax.axis("off")
+                if j < len(grids):
+                    iteration, _ = grids[j]
+                    ax.imshow(images[key][j], interpolation="nearest")
+                    ax.set_title(f"{variant_label(key[0], False)}, {key[1]}\nseed {run.seed}, it {iteration}",
+                                 fontsize=6)
+        fig.suptitle("Dynamic dataset over meta-training\n(one row per class)")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Teachers' own cross-entropy on their images
+# --------------------------------------------------------------------------------------------
+
+
+def _teacher_ce_frame(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Long frame (method, setting, seed, statistic, iteration, value) of the teachers' CE, and the
+    switch events; runs whose curve lacks ``teacher_ce_max`` (older runs) are left out."""
+    lines, switches = [], []
+    for run in runs:
+        curve = read_curve(run)
+        if curve.empty or "teacher_ce_max" not in curve.columns:
+            continue
+        ident = {"method": run.method, "setting": run.setting, "seed": run.seed}
+        for column, statistic in (("loss_ce", "mean over teachers"), ("teacher_ce_max", "max over teachers")):
+            lines.append(pd.DataFrame({**ident, "statistic": statistic, "iteration": curve["iteration"],
+                                       "value": curve[column].astype(float).to_numpy()}))
+        if "switch" in curve.columns:
+            fired = curve.loc[curve["switch"].eq(True), "iteration"]
+            switches.append(pd.DataFrame({**ident, "iteration": fired.to_numpy()}))
+    frame = pd.concat(lines, ignore_index=True) if lines else pd.DataFrame()
+    events = pd.concat(switches, ignore_index=True) if switches else pd.DataFrame()
+    return frame, events
+
+
+def teacher_ce_figure(runs: list[Run]) -> Figure | None:
+    """The teachers' own cross-entropy on their images (the inversion CE before each data step).
+
+    Rows: mean and maximum over the teachers; columns: settings; hue: method, one line per seed
+    (unsmoothed, log scale). Ticks along the bottom mark reversed steps (coloured by method): a
+    curriculum that pushes images off their class shows as CE jumps after the ticks. Returns None
+    when no curve has the per-teacher CE.
+    """
+    frame, events = _teacher_ce_frame(runs)
+    if frame.empty:
+        return None
+    methods = sorted(set(frame["method"]), key=method_rank)
+    settings = sorted(set(frame["setting"]), key=_setting_key)
+    statistics = ["mean over teachers", "max over teachers"]
+    colours = dict(zip(methods, sns.color_palette(PALETTE, len(methods)), strict=True))
+    with _style():
+        fig, axes = _figure(len(statistics), len(settings), (3.4, 2.3))
+        for j, setting in enumerate(settings):
+            for i, statistic in enumerate(statistics):
+                ax = axes[i, j]
+                data = frame[(frame["setting"] == setting) & (frame["statistic"] == statistic)]
+                data = data.assign(method=[variant_label(m, False) for m in data["method"]])
+                sns.lineplot(data=data, x="iteration", y="value", hue="method",
+                             hue_order=[variant_label(m, False) for m in methods],
+                             palette=[colours[m] for m in methods], units="seed", estimator=None, lw=1,
+                             legend=(i == 0 and j == 0), ax=ax)
+                ax.set_yscale("log")
+                ax.set(title=f"{setting}: teacher CE, {statistic}", ylabel="cross-entropy")
+                if not events.empty:
+                    mine = events[events["setting"] == setting]
+                    for method, group in mine.groupby("method", sort=True):
+                        ax.vlines(group["iteration"], 0.0, 0.06, transform=ax.get_xaxis_transform(),
+                                  colors=[colours.get(method, "black")], lw=0.8)
+        fig.suptitle("Teachers' CE on their images\n(ticks: reversed steps)")
+    return fig
+
+
 # --------------------------------------------------------------------------------------------
 # Teachers
 # --------------------------------------------------------------------------------------------
@@ -371,7 +479,8 @@ def _label_kept_epochs(ax: Axes, data: pd.DataFrame) -> None:
 
 
 def build_figures(summary: pd.DataFrame, main: Table, root: str | Path) -> dict[str, Figure]:
-    """Every figure the data supports, by file stem: ``accuracy``, ``curves``, ``grids``, ``teachers``.
+    """Every figure the data supports, by file stem: ``accuracy``, ``curves``, ``grids``,
+    ``grids_over_time``, ``teacher_ce``, ``teachers``.
 
     Reads every input before anything is written, so a malformed file stops the report early.
     """
@@ -380,6 +489,8 @@ def build_figures(summary: pd.DataFrame, main: Table, root: str | Path) -> dict[
         "accuracy": accuracy_figure(main),
         "curves": curves_figure(runs),
         "grids": grids_figure(runs),
+        "grids_over_time": grids_over_time_figure(runs),
+        "teacher_ce": teacher_ce_figure(runs),
         "teachers": teachers_figure(summary, root),
     }
     for name, fig in candidates.items():
