@@ -39,13 +39,16 @@ def run(args: argparse.Namespace) -> None:
     tables.check_formats(config.report.formats)
     figures.check_formats(config.report.figure_formats)
     # read and build everything first: a bad input leaves no partial report behind
-    summary = aggregate.summarise(aggregate.collect_metrics(root))
-    built_tables = tables.build_tables(summary)
+    metrics = aggregate.collect_metrics(root)
+    summary = aggregate.summarise(metrics)
+    differences = aggregate.paired_differences(metrics)
+    built_tables = tables.build_tables(summary, differences)
     main_table = next(t for t in built_tables if t.name == "main")
-    built_figures = figures.build_figures(summary, main_table, root)
+    main_rows = summary[summary["test_variant"].isin(aggregate.MAIN_VARIANTS)]
+    built_figures = figures.build_figures(main_rows, main_table, root)
     written = tables.write_tables(built_tables, out / "tables", config.report.formats)
     written += figures.save_figures(built_figures, out / "figures", config.report.figure_formats)
-    written.append(aggregate.write_summary(out / "summary.json", summary))
+    written.append(aggregate.write_summary(out / "summary.json", summary, differences))
     common.write_run_info(out, config)
     for path in written:
         logger.info("wrote %s", path)

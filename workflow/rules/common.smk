@@ -16,6 +16,7 @@ try:
     from purer.config import load_config, to_dict
     from purer.errors import PurerError
     from purer.models.pool import n_teachers
+    from purer.variants import CONTROL_PATTERN, grid_variants
 except ImportError as exc:
     if exc.name == "purer":
         raise WorkflowError(
@@ -82,6 +83,7 @@ wildcard_constraints:
     n_shot=r"\d+",
     seed=r"\d+",
     dataset=r"[A-Za-z0-9_.+-]+",
+    control=CONTROL_PATTERN,
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +144,8 @@ CODE = {
     ),
     "meta_test": code(
         "cli/meta_test.py",
+        "variants.py",
+        "statistics.py",
         "meta/evaluate.py",
         "meta/calibration.py",
         "meta/learners.py",
@@ -150,7 +154,9 @@ CODE = {
         "data/episodes.py",
         "data/cache.py",
     ),
-    "report": code("cli/report.py", "report/aggregate.py", "report/tables.py", "report/figures.py"),
+    "report": code(
+        "cli/report.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py", "variants.py"
+    ),
 }
 
 
@@ -186,6 +192,7 @@ META_MODEL = f"{RUN}/meta_model.pt"
 RUN_SUMMARY = f"{RUN}/summary.json"
 TEST_PLAIN = str(paths.test_dir(RUN, "{dataset}", False) / "metrics.json")
 TEST_ICFIL = str(paths.test_dir(RUN, "{dataset}", True) / "metrics.json")
+TEST_CONTROL = str(paths.test_dir(RUN, "{dataset}", "{control}") / "metrics.json")  # ICFIL's controls
 
 REPORT_DIR = paths.report_dir(CFG)
 REPORT_SUMMARY = str(REPORT_DIR / "summary.json")
@@ -213,15 +220,13 @@ def grid_runs():
 
 
 def grid_tests():
-    """Every meta-test ``metrics.json``: plain ones, and ICFIL ones for ``grid.icfil_methods``."""
+    """Every meta-test ``metrics.json``: plain ones, and ICFIL ones with their controls for
+    ``grid.icfil_methods`` (purer.variants.grid_variants)."""
     files = []
     for method, n_shot, seed in grid_runs():
-        wildcards = dict(method=method, n_shot=n_shot, seed=seed)
+        run = paths.run_dir(CFG, method, n_shot, seed)
         for dataset in CFG.test_datasets:
-            if False in CFG.grid.icfil:
-                files.append(TEST_PLAIN.format(dataset=dataset, **wildcards))
-            if True in CFG.grid.icfil and method in CFG.grid.icfil_methods:
-                files.append(TEST_ICFIL.format(dataset=dataset, **wildcards))
+            files += [str(paths.test_dir(run, dataset, name) / "metrics.json") for name in grid_variants(CFG, method)]
     return files
 
 
