@@ -125,6 +125,7 @@ CODE = {
     "pool": code("cli/pool.py", "models/pool.py", "models/pretrain.py", "models/backbones.py", "data/cache.py"),
     "meta_train": code(
         "cli/meta_train.py",
+        "variants.py",
         "meta/train.py",
         "meta/steps.py",
         "meta/checkpoint.py",
@@ -145,7 +146,6 @@ CODE = {
     "meta_test": code(
         "cli/meta_test.py",
         "variants.py",
-        "statistics.py",
         "meta/evaluate.py",
         "meta/calibration.py",
         "meta/learners.py",
