@@ -266,7 +266,8 @@ def test_tiny_end_to_end(tmp_path):
     config = load_config(config_file)
     report = workdir / paths.report_dir(config)
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
-    assert summary and all("accuracy" in cell or "difference" in cell for cell in summary.values())
+    assert summary and all({"accuracy", "difference", "helps"} & set(cell) for cell in summary.values())
+    assert "glyphs/5w1s/purer+icfil verdict" in summary
     assert (report / "tables" / "main.md").is_file() and (report / "figures" / "accuracy.png").is_file()
     run = paths.run_dir(config, "purer", 1, 0)
     metrics = workdir / paths.test_dir(run, "glyphs", True) / "metrics.json"
