@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from purer.config import IcfilConfig
 from purer.inversion.losses import bn_matching, draw_shifts, l2_prior, roll, roll_jitter, total_variation
@@ -458,7 +458,13 @@ def calibrate_features_batch(
     pseudo_y: torch.Tensor,
     config: IcfilConfig,
 ) -> Params:
-    """:func:`calibrate_features` for G episodes: stacked params, [G, ...] images and labels."""
+    """:func:`calibrate_features` for G episodes: stacked params, [G, ...] images and labels.
+
+    The forward is vmapped over the episodes; the backward is ordinary autograd of the summed
+    per-episode losses w.r.t. the stacked parameters (each episode's slice gets exactly its own
+    gradient). On CPU this is several times faster than ``vmap(grad(...))``, whose per-sample
+    weight gradients of the convolutions take a slow path.
+    """
     names = feature_names(params)
     params = {name: p.detach() for name, p in params.items()}
 
@@ -469,12 +475,14 @@ def calibrate_features_batch(
             config.temperature, config.symmetric,
         )
 
-    gradients = vmap(grad(loss))
-    for _ in range(config.feature_steps):
-        fast = {name: params[name] for name in names}
-        rest = {name: p for name, p in params.items() if name not in fast}
-        grads = gradients(fast, rest, support_x, support_y, pseudo_x.detach())
-        params = params | {n: (fast[n] - config.feature_lr * grads[n]).detach() for n in names}
+    losses = vmap(loss)
+    with torch.enable_grad():
+        for _ in range(config.feature_steps):
+            fast = {name: params[name].requires_grad_(True) for name in names}
+            rest = {name: p for name, p in params.items() if name not in fast}
+            total = losses(fast, rest, support_x, support_y, pseudo_x.detach()).sum()
+            grads = torch.autograd.grad(total, [fast[name] for name in names])
+            params = params | {n: (fast[n] - config.feature_lr * g).detach() for n, g in zip(names, grads, strict=True)}
     return params
 
 
@@ -504,11 +512,12 @@ def calibrate_head_batch(
         local = {name[len(HEAD_PREFIX):]: p for name, p in head.items()}
         return F.cross_entropy(functional_call(model.head, local, (f,)), y)
 
-    gradients = vmap(grad(loss))
-    for _ in range(config.head_steps):
-        head = {name: params[name] for name in head_names}
-        grads = gradients(head, feats, labels)
-        params = params | {n: (head[n] - config.head_lr * grads[n]).detach() for n in head_names}
+    losses = vmap(loss)
+    with torch.enable_grad():
+        for _ in range(config.head_steps):
+            head = {name: params[name].requires_grad_(True) for name in head_names}
+            grads = torch.autograd.grad(losses(head, feats, labels).sum(), [head[name] for name in head_names])
+            params = params | {n: (head[n] - config.head_lr * g).detach() for n, g in zip(head_names, grads, strict=True)}
     return params
 
 
