@@ -173,7 +173,7 @@ def test_every_variant_is_scored_on_the_same_checkpoint_and_episodes(tmp_path):
     results = {name: meta_test(config, "purer", 1, 0, "toy", name) for name in all_variants(config.meta_test)}
     assert {r["episodes_digest"] for r in results.values()} == {results["plain"]["episodes_digest"]}
     assert {r["checkpoint"] for r in results.values()} == {"meta_model.pt"}
-    for name, metrics in results.items():
+    for name in results:
         on_disk = json.loads((paths.test_dir(run, "toy", name) / "metrics.json").read_text())
         assert on_disk["test_variant"] == name and len(on_disk["accuracies"]) == 4
     assert results["plain-steps3"]["inner_steps"] == 3 and results["plain-steps3"]["calibration"] == "none"
