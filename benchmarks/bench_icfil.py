@@ -4,8 +4,11 @@ The meta model is a randomly initialised Conv4 (speed does not depend on trainin
 pipeline's shape: width 32, 32 px grey, 5-way, on a synthetic 10-class test split (40 images per
 class). Every configuration scores the *same* fixed episodes with the ICFIL settings of
 ``--config`` (default config/config.yaml: 5 pseudo images per class, 20 inversion steps, 10
-feature steps, 5 head steps) through :func:`purer.meta.evaluate.evaluate`; the batched rows also
-check that their per-episode accuracies equal the per-episode path's.
+feature steps, 5 head steps) through :func:`purer.meta.evaluate.evaluate`. Each row reports its mean
+accuracy and how many episodes got exactly the per-episode path's accuracy: in float32 the batched
+kernels round differently, and Adam on the pseudo images turns rounding noise in near-zero pixel
+gradients into full-size steps, so some episodes differ (the float64 equality is a test:
+tests/test_icfil_controls.py).
 
     python benchmarks/bench_icfil.py --threads 2 --episodes 50 --shots 1,5 --groups 1,10,25,50
 
@@ -29,7 +32,7 @@ from results_csv import write_csv
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = [
     "device", "cpu_model", "threads", "n_shot", "group", "episodes", "repeats", "inversion_steps",
-    "median_s", "min_s", "episodes_per_s", "speedup", "same_accuracies", "load_before", "load_after",
+    "median_s", "min_s", "episodes_per_s", "speedup", "mean_accuracy", "equal_episodes", "load_before", "load_after",
 ]  # fmt: skip
 
 
@@ -41,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--groups", default="1,10,25,50", help="episode_batch values; 1 = per-episode path")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "icfil_cpu.csv")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:k]")
+    parser.add_argument("--out", type=Path, default=None, help="CSV path (default benchmarks/results/icfil_<device>.csv)")
     return parser.parse_args(argv)
 
 
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.randint(0, 256, (len(labels), 1, 32, 32), generator=generator, dtype=torch.uint8)
     split = SplitData(images, labels, tuple(f"c{i}" for i in range(10)), (0.5,), (0.25,))
     torch.manual_seed(0)
-    model = build_backbone("conv4", 5, 1, 32, running_stats=False, width=32)
+    model = build_backbone("conv4", 5, 1, 32, running_stats=False, width=32).to(args.device)
     params = {n: p.detach() for n, p in model.named_parameters()}
     learner = build_learner("maml", config.meta_train.learner.inner_lr)
     shots = [int(s) for s in args.shots.split(",")]
@@ -91,11 +95,13 @@ def main(argv: list[str] | None = None) -> None:
                 loads[(n_shot, group)].append(os.getloadavg()[0])
                 start = time.perf_counter()
                 if group == 1:
-                    result = evaluate(model, params, learner, split, episodes, 1,
+                    result = evaluate(model, params, learner, split, episodes, 1, args.device,
                                       calibrate=icfil_hook(config, "bench", 5))
                 else:
-                    result = evaluate(model, params, learner, split, episodes, 1,
+                    result = evaluate(model, params, learner, split, episodes, 1, args.device,
                                       calibrate_batch=icfil_batch_hook(config, "bench", 5), episode_batch=group)
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
                 times[(n_shot, group)].append(time.perf_counter() - start)
                 loads[(n_shot, group)].append(os.getloadavg()[0])
                 accuracies[(n_shot, group)] = result["accuracies"]
@@ -108,23 +114,32 @@ def main(argv: list[str] | None = None) -> None:
             median = statistics.median(times[(n_shot, group)])
             load = loads[(n_shot, group)]
             rows.append({
-                "device": "cpu", "cpu_model": model_name, "threads": args.threads, "n_shot": n_shot,
+                "device": args.device, "cpu_model": model_name, "threads": args.threads, "n_shot": n_shot,
                 "group": group, "episodes": args.episodes, "repeats": args.repeats,
                 "inversion_steps": config.meta_test.icfil.inversion_steps,
                 "median_s": round(median, 3), "min_s": round(min(times[(n_shot, group)]), 3),
                 "episodes_per_s": round(args.episodes / median, 3),
                 "speedup": "" if before is None else round(before / median, 2),
-                "same_accuracies": accuracies.get((n_shot, 1)) == accuracies[(n_shot, group)] if 1 in groups else "",
+                "mean_accuracy": round(statistics.fmean(accuracies[(n_shot, group)]), 2),
+                "equal_episodes": _equal(accuracies.get((n_shot, 1)), accuracies[(n_shot, group)]),
                 "load_before": round(min(load[0::2]), 2), "load_after": round(max(load[1::2]), 2),
             })  # fmt: skip
-    write_csv(args.out, rows, FIELDS)
-    header = "| shot | group | median s | episodes/s | speed-up | same accuracies | load |"
-    lines = [f"CPU: {model_name}, {args.threads} threads (a loaded machine shared with other jobs)", "",
-             header, "|---|---|---|---|---|---|---|"]
+    write_csv(args.out or REPO / "benchmarks" / "results" / f"icfil_{args.device.split(':')[0]}.csv", rows, FIELDS)
+    header = "| shot | group | median s | episodes/s | speed-up | mean accuracy | equal episodes | load |"
+    lines = [f"{args.device}; CPU: {model_name}, {args.threads} threads (a machine shared with other jobs)", "",
+             header, "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['n_shot']} | {row['group']} | {row['median_s']} | {row['episodes_per_s']} | "
-                     f"{row['speedup']} | {row['same_accuracies']} | {row['load_before']}/{row['load_after']} |")
+                     f"{row['speedup']} | {row['mean_accuracy']} | {row['equal_episodes']} | "
+                     f"{row['load_before']}/{row['load_after']} |")
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _equal(reference: list[float] | None, accuracies: list[float]) -> str:
+    """``"k/n"``: episodes whose accuracy equals the per-episode path's (empty without it)."""
+    if reference is None:
+        return ""
+    return f"{sum(a == b for a, b in zip(reference, accuracies, strict=True))}/{len(accuracies)}"
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ class MetaTestConfig:
     selection: Literal["val", "last", "best-on-test"] = "val"  # best-on-test = authors' protocol, labelled
     best_on_test_beside: bool = True  # plain tests also score every snapshot; the best is reported, labelled
     matched_steps: tuple[int, ...] = (10, 16)  # inner steps of the plain controls at ICFIL's update budget
-    episode_batch: int = 25  # test episodes calibrated together (batched ICFIL, same results)
+    episode_batch: int = 1  # test episodes calibrated together by a vmapped ICFIL (GPUs); 1 = per episode
     icfil: IcfilConfig = field(default_factory=IcfilConfig)
 
     def __post_init__(self) -> None:

@@ -227,3 +227,15 @@ def test_unknown_variant_is_one_clear_error(tmp_path, capsys):
 def test_bad_control_settings_name_the_key(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(tmp_path, **{key: value})
+
+
+def test_meta_test_in_episode_groups_equals_the_per_episode_path(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "groups").mkdir()
+    _, one = tiny_config(tmp_path / "one", episode_batch=1)
+    _, groups = tiny_config(tmp_path / "groups", episode_batch=3)  # 4 episodes: groups of 3 and 1
+    results = []
+    for config in (one, groups):
+        write_meta_model(paths.run_dir(config, "purer", 1, 0) / "meta_model.pt")
+        results.append([meta_test(config, "purer", 1, 0, "toy", name)["accuracies"] for name in ("icfil", "icfil-noise")])
+    assert results[0] == results[1]

@@ -326,7 +326,10 @@ def evaluate_checkpoint(
     calibrate, calibrate_batch = None, None
     if test_variant.icfil:
         noise = test_variant.calibration == "noise"
-        calibrate_batch = icfil_batch_hook(config, dataset, mt.n_way, noise)
+        if mt.episode_batch > 1:  # one vmapped inversion and calibration per group (faster on GPUs)
+            calibrate_batch = icfil_batch_hook(config, dataset, mt.n_way, noise)
+        else:  # per episode: faster on a small CPU (benchmarks/README.md)
+            calibrate = icfil_hook(config, dataset, mt.n_way, noise)
     elif test_variant.calibration == "support":
         calibrate = support_hook(config)
     result = evaluate(
