@@ -25,7 +25,6 @@ optimistically biased and labelled as such in ``metrics.json``.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import statistics
