@@ -414,5 +414,5 @@ def test_identical_runs_give_identical_metrics_and_tables(tiny, tmp_path):
             "model": (run_dir / "meta_model.pt").read_bytes(),
         })
     first, second = outputs
-    assert first["tables"].keys() == {"main.md", "main.csv"}
+    assert first["tables"].keys() == {"main.md", "main.csv", "selection.md", "selection.csv"}
     assert first == second
