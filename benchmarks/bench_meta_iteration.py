@@ -55,6 +55,8 @@ from pathlib import Path
 
 from results_csv import write_csv
 
+from purer.runtime import cpu_flags, cpu_model, describe_machine
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -119,6 +121,7 @@ VARIANTS = {
     "trainer-fp32": TRAINER,
     "optimised": None,  # BEST[device type]
     "optimised-fp32": None,  # BEST in fp32 (the accuracy baseline of bf16)
+    "optimised-bf16": None,  # BEST in bf16 (emulated, and slow, on CPUs without native bf16)
     "optimised-no_compile": None,  # BEST with compile: false
     "optimised-loop": None,  # BEST with teacher_batching: loop
     "optimised-vmap": None,  # BEST with teacher_batching: vmap
@@ -144,7 +147,9 @@ FIELDS = [
     "device", "scenario", "variant", "teachers", "architectures", "size", "images", "threads", "iters",
     "median_s", "p10_s", "p90_s", "data_s", "meta_s", "images_per_s", "data_s_per_teacher",
     "useful_gflop", "achieved_gflops", "peak_mem_mb", "first_iter_s", "load_before", "load_after",
+    "cpu_model", "cpu_flags", "precision", "channels_last", "compile",
 ]  # fmt: skip
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what decides bf16 and kernel speed
 N_WAY, N_SHOT, N_QUERY, SPC, META_BATCH = 5, 1, 15, 16, 4
 
 
@@ -180,13 +185,34 @@ def resolve_configs(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def auto_best(device: str) -> Variant:
+    """``optimised``: the trainer's code path with the settings ``auto`` picks here (purer/runtime.py).
+
+    On CPU: bf16 only where the CPU computes it natively, compile (and channels-last with it) where
+    a C++ compiler exists; a benchmark stands for a long run, so the run-length rule is not applied.
+    """
+    machine = describe_machine(device)
+    if machine.device_type != "cpu":
+        return BEST["cuda"]
+    return replace(BEST["cpu"], precision="bf16" if machine.native_bf16 else "fp32",
+                   channels_last=machine.can_compile, compile=machine.can_compile)
+
+
+def machine_columns(variant: Variant) -> dict[str, object]:
+    """The CPU model, its speed-relevant flags and the variant's settings, for every CSV row."""
+    flags = [flag for flag in SPEED_FLAGS if flag in cpu_flags()]
+    return {"cpu_model": cpu_model(), "cpu_flags": " ".join(flags) or "none of " + " ".join(SPEED_FLAGS),
+            "precision": variant.precision, "channels_last": variant.channels_last, "compile": variant.compile}
+
+
 def variant_for(name: str, device: str) -> Variant:
-    best = BEST["cuda" if device.startswith("cuda") else "cpu"]
+    best = auto_best(device)
     derived = {
         "optimised": best,
         "optimised-loop": replace(best, batching="loop"),
         "optimised-vmap": replace(best, batching="vmap"),
         "optimised-fp32": replace(best, precision="fp32"),
+        "optimised-bf16": replace(best, precision="bf16"),
         "optimised-no_compile": replace(best, compile=False),
         "optimised+compile": replace(best, compile=True),
         "optimised+subsample4": replace(best, teachers_per_step=4),
@@ -632,7 +658,7 @@ def run_worker(argv: list[str], pair: tuple[str, str] | str) -> dict | list:
 def markdown(rows: list[dict], reference: dict[str, float]) -> str:
     head = ("| scenario | variant | s/iter (median) | p10–p90 | data s | meta s | speed-up | images/s | "
             "data s/teacher | GFLOP/s | peak MB | load |")
-    lines = [head, "|" + "---|" * 12]
+    lines = [f"CPU: {cpu_model()}; flags: {machine_columns(REFERENCE)['cpu_flags']}", "", head, "|" + "---|" * 12]
     for r in rows:
         ref = reference.get(r["scenario"])
         speedup = f"{ref / r['median_s']:.2f}×" if ref else "–"
@@ -675,7 +701,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or Path(__file__).parent / "results" / f"meta_iteration_{tag}_{args.device.replace(':', '')}.csv"
     rows = []
     for pair in resolve_configs(args.configs):
-        rows.append(run_worker(argv, pair))
+        rows.append(run_worker(argv, pair) | machine_columns(variant_for(pair[1], args.device)))
         write_csv(out, rows, FIELDS)  # after every configuration: a stopped run keeps what it measured
         print(f"done {pair}: {rows[-1]['median_s']} s/iteration", file=sys.stderr, flush=True)
     reference = {r["scenario"]: r["median_s"] for r in rows if r["variant"] == "reference"}
