@@ -145,7 +145,7 @@ def _accuracy_panel(ax: Axes, panel: pd.DataFrame, order: list[str], colours: di
     if "n_way" in panel:
         for n_way in sorted({int(n) for n in panel["n_way"]}):
             ax.axvline(100.0 / n_way, color="grey", ls="--", lw=0.9, zorder=0)
-            ax.text(100.0 / n_way, 1.0, f" chance 1/{n_way}", transform=ax.get_xaxis_transform(),
+            ax.text(100.0 / n_way, 0.01, f" chance 1/{n_way}", transform=ax.get_xaxis_transform(),
                     fontsize=6, color="grey", va="bottom", ha="left")
     ax.set_xlabel("accuracy (%)")
     ax.set_ylabel("")
@@ -232,8 +232,8 @@ def curves_figure(runs: list[Run]) -> Figure | None:
                 ax.set_title(f"{setting}: {metric}")
                 ax.set_ylabel(metric if j == 0 else "")
             _share_y(axes[i])
-        fig.suptitle("Meta-training (lines: seeds; band: 95% CI over validation episodes; "
-                     "dashed: chance; ticks: curriculum switches)")
+        fig.suptitle("Meta-training: one line per seed; band: 95% CI over the validation episodes;\n"
+                     "dashed: chance (1/n_way); ticks: curriculum switches")
     return fig
 
 
@@ -254,7 +254,8 @@ def _curve_panel(ax: Axes, data: pd.DataFrame, events: pd.DataFrame, colours: di
         return
     for (method, seed), group in data.groupby(["method", "seed"], sort=False):
         label = variant_label(method, False) if seed == data.loc[data["method"] == method, "seed"].min() else None
-        ax.plot(group["iteration"], group["value"], color=colours[method], lw=1, label=label)
+        ax.plot(group["iteration"], group["value"], color=colours[method], lw=1, label=label,
+                marker="o" if "ci95" in group and group["ci95"].notna().any() else None, ms=2)
         if "ci95" in group and group["ci95"].notna().any():
             ax.fill_between(group["iteration"], group["value"] - group["ci95"], group["value"] + group["ci95"],
                             color=colours[method], alpha=0.15, lw=0)
@@ -307,7 +308,7 @@ def grids_figure(runs: list[Run], data_dir: str | Path = "data") -> Figure | Non
         for i, method in enumerate(methods):
             run = chosen[method][0]
             panels = ([("real (train split)", (real, n_rows, side))] if real is not None else []) + [
-                (f"{variant_label(method, False)}, iteration {it}", crop) for it, crop in crops[method]
+                (f"iteration {it}", crop) for it, crop in crops[method]
             ]
             for j in range(columns):
                 ax = axes[i, j]
@@ -391,7 +392,7 @@ def _grid_classes(manifest: Path) -> list[tuple[str, str, int]]:
 def _short(entry: tuple[str, str, int]) -> str:
     """A class's row label: its name, shortened (``U+0046_LATIN-CAPITAL-LETTER-F`` -> ``U+0046 LATIN ...``)."""
     name = entry[1].replace("_", " ").replace("-", " ")
-    return name if len(name) <= 22 else name[:21] + "…"
+    return name if len(name) <= 30 else name[:29] + "…"
 
 
 def _real_mosaic(
