@@ -67,7 +67,7 @@ def test_every_dvc_out_is_produced_by_snakemake(snakemake_outputs):
 
 
 def test_metrics_and_plots_are_what_dvc_export_writes():
-    written = {"results/${key}/metrics"} | {f"results/${{key}}/plots/{n}.csv" for n in ("accuracy", "train_curves", "val_curves")}
+    written = {"results/${key}/metrics.json"} | {f"results/${{key}}/plots/{n}.csv" for n in ("accuracy", "train_curves", "val_curves")}
     assert set(_paths(STAGE["metrics"])) | set(_paths(STAGE["plots"])) == written
     for options in _options(STAGE["plots"]).values():
         assert (REPO / options["template"]).is_file() and options["x"] and options["y"]

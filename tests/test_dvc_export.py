@@ -37,14 +37,14 @@ def experiment(tmp_path, monkeypatch) -> Path:
     return tmp_path / "results" / "x"
 
 
-def test_one_metrics_file_per_variant_with_the_t_interval_over_seeds(experiment):
+def test_metrics_per_variant_and_setting_with_the_t_interval_over_seeds(experiment):
     assert main(["--config", "x.yaml"]) == 0
-    files = sorted(p.name for p in (experiment / "metrics").iterdir())
-    assert files == ["ei.json", "purer+ICFIL-reconstruction.json", "purer.json"]
-    purer = json.loads((experiment / "metrics" / "purer.json").read_text(encoding="utf-8"))
+    metrics = json.loads((experiment / "metrics.json").read_text(encoding="utf-8"))
+    assert list(metrics) == ["ei", "purer", "purer+ICFIL-reconstruction"]
     # mean of 40 and 44; t-interval over 2 seeds: t(0.975, 1) * sd / sqrt(2) = 12.706 * 2.828 / 1.414
-    assert purer["5w1s"]["acc"] == 42.0
-    assert purer["5w1s"]["ci95"] == pytest.approx(25.41, abs=0.01)
+    assert metrics["purer"]["5w1s"]["acc"] == 42.0
+    assert metrics["purer"]["5w1s"]["ci95"] == pytest.approx(25.41, abs=0.01)
+    assert metrics["purer+ICFIL-reconstruction"]["5w1s"]["acc"] == 52.0
 
 
 def test_plot_data_names_the_interval_and_the_chance_level(experiment):
@@ -65,4 +65,5 @@ def test_a_rerun_removes_a_variant_that_disappeared(experiment):
     for path in (experiment / "glyphs" / "ei").glob("**/metrics.json"):
         path.unlink()
     main(["--config", "x.yaml"])
-    assert not (experiment / "metrics" / "ei.json").exists()
+    assert "ei" not in json.loads((experiment / "metrics.json").read_text(encoding="utf-8"))
+    assert "ei" not in set(pd.read_csv(experiment / "plots" / "accuracy.csv")["variant"])

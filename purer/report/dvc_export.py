@@ -3,16 +3,17 @@
 ``python -m purer.report.dvc_export --config FILE`` (the command of each ``dvc.yaml`` stage, after
 Snakemake) reads the experiment's results and writes, under ``results/<experiment>/``:
 
-- ``metrics/<variant>.json``: one file per method variant (``purer``, ``ei``, ...,
-  ``purer+ICFIL-reconstruction``), holding ``[<dataset>.]<n_way>w<n_shot>s.acc`` and ``.ci95``
-  (percent) for each setting, so ``dvc metrics show`` is a table with one row per variant;
+- ``metrics.json``: ``<variant>.[<dataset>.]<n_way>w<n_shot>s.acc`` and ``.ci95`` (percent) of the
+  plain and ICFIL results, variants ``purer``, ``ei``, ``random``, ``average``,
+  ``purer+ICFIL-reconstruction``. One file per experiment, so ``dvc exp show`` names the columns
+  without the file's path;
 - ``plots/accuracy.csv``: one row per (variant, setting) with the interval's bounds and the chance
   level (``1/n_way``);
 - ``plots/train_curves.csv``: smoothed training accuracy per iteration, one series per run;
 - ``plots/val_curves.csv``: validation accuracy per iteration with its 95% interval over the
   validation episodes, one series per run.
 
-The plot templates (``.dvc/plots/*.json``) draw one line or bar per series. The folders are
+The plot templates (``.dvc/plots/*.json``) draw one line or bar per series. The plots folder is
 replaced whole, so a variant or setting that disappeared leaves no stale file.
 """
 
@@ -124,10 +125,8 @@ def export(config_path: str | Path) -> list[Path]:
     accuracy = accuracy_frame(summary)
     train, val = curve_frames(root)
     written = []
-    with atomic_dir(root / "metrics") as tmp:
-        for variant, data in files.items():
-            write_json(tmp / f"{variant}.json", data)
-            written.append(root / "metrics" / f"{variant}.json")
+    write_json(root / "metrics.json", files)
+    written.append(root / "metrics.json")
     with atomic_dir(root / "plots") as tmp:
         for name, frame in (("accuracy", accuracy), ("train_curves", train), ("val_curves", val)):
             frame.to_csv(tmp / f"{name}.csv", index=False)
