@@ -84,7 +84,9 @@ def _flag(argv: list[str], name: str) -> str | None:
 
 @pytest.mark.slow
 def test_sbatch_of_a_cuda_teacher_asks_for_a_gpu(tmp_path):
-    """Real sbatch lines (fake SLURM): the teacher job of a CUDA config gets --gpus=1, prepare none.
+    """Real sbatch lines (fake SLURM): the teacher job of a CUDA config gets --gpus=1, prepare none;
+    with the example partition file the plugin sends each to the partition that fits (gpu / cpu)
+    and guesses the account (the fake sacctmgr knows one).
 
     There is no CUDA here, so the teacher job itself fails: only its submission is checked.
     """
@@ -95,7 +97,7 @@ def test_sbatch_of_a_cuda_teacher_asks_for_a_gpu(tmp_path):
     env["PATH"] = f"{SHIM}{os.pathsep}{env['PATH']}"
     result = snakemake(
         "--profile", PROFILE, "--cores", "all", "--configfile", str(config_file), "--directory", str(workdir),
-        "--default-resources", "slurm_account=my_account", "slurm_partition=gpu", "--retries", "0",
+        "--slurm-partition-config", str(REPO / "profiles" / "site.example" / "partitions.yaml"), "--retries", "0",
         "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "1",
         str(teacher), env=env, timeout=600,
     )
@@ -107,3 +109,4 @@ def test_sbatch_of_a_cuda_teacher_asks_for_a_gpu(tmp_path):
     assert "--gpus=1" in train and "--cpus-per-gpu=4" in train
     assert _flag(train, "-p") == "gpu" and _flag(train, "-A") == "my_account"
     assert not any(arg.startswith("--gpus") for arg in prepare) and "--cpus-per-task=1" in prepare
+    assert _flag(prepare, "-p") == "cpu" and _flag(prepare, "-A") == "my_account"
