@@ -323,8 +323,13 @@ class MetaTestConfig:
             "a positive number, or null for meta_train.learner.inner_lr (inner_steps: 0 tests without adaptation)",
             self.inner_lr,
         )
-        _require(all(1 <= k <= MAX_INNER_STEPS for k in self.matched_steps), "matched_steps",
-                 f"values from 1 to {MAX_INNER_STEPS:_}", self.matched_steps)
+        _require(all(k >= 1 for k in self.matched_steps), "matched_steps", "values of at least 1", self.matched_steps)
+        _require(
+            all(k <= MAX_INNER_STEPS for k in self.matched_steps),
+            "matched_steps",
+            f"values of at most {MAX_INNER_STEPS:_}",
+            self.matched_steps,
+        )
         _require(self.episode_batch >= 1, "episode_batch", "at least 1", self.episode_batch)
         _at_most(self, "episode_batch", MAX_EPISODES)
 

@@ -11,8 +11,14 @@ import pytest
 import yaml
 from workflow_support import REPO, output_of, snakemake, tool_env
 
+from purer import paths
+from purer.config import load_config
+
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
 STAGES = DVC_YAML["stages"]
+EXPERIMENTS = DVC_YAML["vars"][0]["experiments"]
+STAGE = STAGES["run"]["do"]
+CONFIGS = [REPO / "config" / "config.yaml", *sorted((REPO / "config" / "experiments").glob("*.yaml"))]
 
 
 def _paths(entries: list) -> list[str]:
@@ -22,6 +28,23 @@ def _paths(entries: list) -> list[str]:
 
 def _options(entries: list) -> dict[str, dict]:
     return {next(iter(e)): next(iter(e.values())) or {} for e in entries if isinstance(e, dict)}
+
+
+def _resolve(text: str, key: str) -> str:
+    """A ``foreach`` template path for experiment ``key``."""
+    item = EXPERIMENTS[key]
+    return text.replace("${key}", key).replace("${item.config}", item["config"]).replace("${item.pool}", item["pool"])
+
+
+def test_every_config_is_a_dvc_experiment():
+    by_config = {item["config"]: key for key, item in EXPERIMENTS.items()}
+    assert sorted(by_config) == sorted(str(c.relative_to(REPO)) for c in CONFIGS)
+    for config_file in CONFIGS:
+        config = load_config(config_file)
+        key = by_config[str(config_file.relative_to(REPO))]
+        assert key == config.experiment, "stage key = the config's experiment name"
+        assert paths.pool_dir(config).parent == Path("results") / key / EXPERIMENTS[key]["pool"]
+        assert paths.report_dir(config) == Path("results") / key / "report"
 
 
 @pytest.fixture(scope="module")
@@ -35,36 +58,47 @@ def snakemake_outputs() -> set[str]:
     return files
 
 
-@pytest.mark.parametrize("section", ["outs", "metrics", "plots"])
-def test_every_dvc_path_is_produced_by_snakemake(snakemake_outputs, section):
-    for stage in STAGES.values():
-        for path in _paths(stage.get(section, [])):
-            prefix = path.rstrip("/") + "/"
-            assert path in snakemake_outputs or any(f.startswith(prefix) for f in snakemake_outputs), (
-                f"dvc.yaml {section}: {path} is not produced by the Snakefile"
-            )
+def test_every_dvc_out_is_produced_by_snakemake(snakemake_outputs):
+    for path in _paths(STAGE["outs"]):
+        prefix = _resolve(path, "default").rstrip("/") + "/"
+        assert any(f.startswith(prefix) for f in snakemake_outputs), (
+            f"dvc.yaml outs: {path} is not produced by the Snakefile"
+        )
 
 
-def test_stages_run_snakemake_on_coarse_deps():
-    for stage in STAGES.values():
-        assert stage["cmd"].split()[0] == "snakemake"
-        assert {"Snakefile", "workflow", "purer"} <= set(stage["deps"])
+def test_metrics_and_plots_are_what_dvc_export_writes():
+    written = {"results/${key}/metrics.json"} | {f"results/${{key}}/plots/{n}.csv" for n in ("accuracy", "train_curves", "val_curves")}
+    assert set(_paths(STAGE["metrics"])) | set(_paths(STAGE["plots"])) == written
+    for options in _options(STAGE["plots"]).values():
+        assert (REPO / options["template"]).is_file() and options["x"] and options["y"]
+        assert not options["template"].endswith(".pdf")
 
 
-def test_params_are_existing_sections_of_the_default_config():
-    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-    for stage in STAGES.values():
-        (params,) = stage["params"]
-        assert list(params) == ["config/config.yaml"]
-        keys = params["config/config.yaml"]
-        assert set(keys) == set(raw), "every top-level section of config/config.yaml is a DVC param"
+def test_stages_run_snakemake_then_the_export_on_coarse_deps():
+    command = STAGE["cmd"].split()
+    assert command[:4] == ["snakemake", "--cores", "all", "--configfile"]
+    assert "purer.report.dvc_export" in command
+    assert {"Snakefile", "workflow", "purer", "${item.config}"} <= set(STAGE["deps"])
+
+
+def test_params_are_keys_of_every_config():
+    (params,) = STAGE["params"]
+    keys = params["${item.config}"]
+    for config_file in CONFIGS:
+        raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        for key in keys:
+            node = raw
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{config_file}: no {key}"
+                node = node[part]
 
 
 def test_heavy_outputs_persist_and_reports_go_to_git():
-    for stage in STAGES.values():
-        assert all(opts.get("persist") is True for opts in _options(stage["outs"]).values())
-        for section in ("metrics", "plots"):
-            assert all(opts.get("cache") is False for opts in _options(stage[section]).values())
+    outs = _options(STAGE["outs"])
+    cached = {path: opts for path, opts in outs.items() if opts.get("cache", True)}
+    assert cached and all(opts.get("persist") is True for opts in cached.values())
+    for section in ("metrics", "plots"):
+        assert all(opts.get("cache") is False for opts in _options(STAGE[section]).values())
 
 
 def test_dvc_is_initialised_without_analytics():
@@ -80,4 +114,5 @@ def test_dvc_reads_the_pipeline():
     result = subprocess.run([str(dvc), "stage", "list"], cwd=REPO, env=tool_env(), capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.split()[0] == "pipeline"
+    stages = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert stages == [f"run@{key}" for key in EXPERIMENTS]

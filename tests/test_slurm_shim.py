@@ -27,8 +27,9 @@ def _flag(argv: list[str], name: str) -> str | None:
 
 
 @pytest.mark.slow
-def test_profile_submits_gpu_jobs_with_gpus(tmp_path):
-    """prepare + one teacher through the slurm executor: the teacher's sbatch asks for one GPU."""
+def test_profile_submits_cpu_jobs_without_gpus(tmp_path):
+    """prepare + one teacher of a CPU config through the slurm executor, with no site settings given:
+    no GPU is requested, the plugin guesses the account (sacctmgr) and takes the default partition (sinfo)."""
     config_file = write_yaml(tmp_path / "micro.yaml", micro_config())
     workdir, state = tmp_path / "wd", tmp_path / "slurm"
     teacher = paths.teacher_path(load_config(config_file), 0)
@@ -47,7 +48,9 @@ def test_profile_submits_gpu_jobs_with_gpus(tmp_path):
     assert len(calls) == 2, list(calls)
     (prepare,) = [argv for comment, argv in calls.items() if comment.startswith("rule_prepare_glyphs")]
     (train,) = [argv for comment, argv in calls.items() if comment.startswith("rule_pool_train")]
-    assert "--gpus=1" in train and "--cpus-per-gpu=4" in train
-    assert _flag(train, "-p") == "gpu" and _flag(train, "-A") == "my_account"
-    assert not any(arg.startswith("--gpus") for arg in prepare)
+    assert not any(arg.startswith("--gpus") for arg in train + prepare)
+    # threads (set-threads: 4, capped by --cores) as --cpus-per-task; no --cpus-per-gpu without a GPU
+    assert any(arg.startswith("--cpus-per-task=") for arg in train)
+    assert not any(arg.startswith("--cpus-per-gpu") for arg in train)
+    assert _flag(train, "-p") == "cpu" and _flag(train, "-A") == "my_account"
     assert _flag(prepare, "-p") == "cpu" and "--cpus-per-task=1" in prepare

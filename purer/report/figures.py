@@ -24,12 +24,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from purer.errors import ConfigError, DataError
-from purer.io import atomic_path
+from purer.data.cache import load_split
+from purer.errors import ConfigError, DataError, PurerError
+from purer.io import atomic_path, read_yaml
 from purer.report.aggregate import (
     Run,
     collect_runs,
-    latest_grid,
     method_rank,
     read_curve,
     read_manifests,
@@ -45,9 +45,13 @@ PALETTE = "colorblind"
 # Metadata keys that would carry a version string or a timestamp; None drops them.
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}
 RC = {"svg.hashsalt": "purer", "font.size": 8.0, "axes.titlesize": 9.0, "axes.labelsize": 8.0}
-CURVE_METRICS = {"train_accuracy": "train accuracy", "loss_outer": "outer loss"}
+CURVE_METRICS = {"train_accuracy": "train accuracy (%)", "loss_outer": "outer loss"}
+VAL_METRIC = "val accuracy (%)"
 SMOOTHING_FRACTION = 0.05  # trailing moving-average window, as a fraction of the curve's length
 _GRID_NAME = re.compile(r"grid_iter(\d+)\.png")  # a run's first-domain grids (others end in _<domain>)
+GRID_PADDING = 2  # black pixels above and left of every cell of a class grid (purer/inversion/dataset.py)
+GRID_CLASSES, GRID_IMAGES, GRID_ITERATIONS = 4, 4, 3  # rows, images per row and iterations shown
+GRID_INCHES_PER_IMAGE = 0.42
 
 
 @contextlib.contextmanager
@@ -75,25 +79,48 @@ def _figure(nrows: int, ncols: int, panel: tuple[float, float]) -> tuple[Figure,
 
 
 def accuracy_figure(table: Table) -> Figure:
-    """Horizontal bars of mean accuracy with ``±ci95`` error bars; rows = datasets, columns = settings.
+    """Horizontal bars of mean accuracy with labelled error bars; rows = datasets, columns = settings.
+
+    Every panel shares one accuracy axis (0 to 100 %), so shots compare at a glance; a dashed line
+    marks chance (``100 / n_way``); the x label says what the error bars are (Student t interval
+    across seeds, or the 95% CI over test episodes for one seed); ICFIL bars carry the caveat.
 
     Args:
         table: the ``main`` table (its labels and order are reused).
     """
-    cells = table.cells.assign(label=[" / ".join(labels) for labels in table.cells["labels"]])
+    cells = table.cells.assign(label=[icfil_caveat(" / ".join(labels)) for labels in table.cells["labels"]])
     order = list(dict.fromkeys(cells["label"]))
     colours = dict(zip(order, sns.color_palette(PALETTE, len(order)), strict=True))
     datasets = table.datasets
     with _style():
-        fig, axes = _figure(len(datasets), len(table.settings), (3.6, 0.35 * len(order) + 1.0))
+        fig, axes = _figure(len(datasets), len(table.settings), (3.6, 0.35 * len(order) + 1.2))
         for i, dataset in enumerate(datasets):
             for j, setting in enumerate(table.settings):
                 panel = cells[(cells["dataset"] == dataset) & (cells["setting"] == setting)]
                 _accuracy_panel(axes[i, j], panel, order, colours)
                 axes[i, j].set_title(f"{dataset}, {setting}" if len(datasets) > 1 else setting)
+                axes[i, j].set_xlim(0, 100)
                 if j > 0:
                     axes[i, j].set_ylabel("")
+                    axes[i, j].tick_params(labelleft=False)
+        fig.suptitle(f"Test accuracy; error bars: {error_bar_label(table.cells)}")
     return fig
+
+
+def icfil_caveat(label: str) -> str:
+    """``"PURER + ICFIL"`` -> ``"PURER + ICFIL (reconstruction)"``: ICFIL has no official code."""
+    return label.replace("ICFIL", "ICFIL (reconstruction)") if "ICFIL" in label and "reconstruction" not in label else label
+
+
+def error_bar_label(cells: pd.DataFrame) -> str:
+    """What the ``ci95`` of these cells is: a t interval across seeds or the episodes' 95% CI."""
+    kinds = set(cells["ci_kind"]) if "ci_kind" in cells else {"episodes"}
+    seeds = sorted({int(n) for n in cells["n_seeds"]}) if "n_seeds" in cells else [1]
+    if kinds == {"seeds"}:
+        return f"95% t-interval across {'/'.join(map(str, seeds))} seeds"
+    if kinds == {"episodes"}:
+        return "95% CI over test episodes (1 seed)"
+    return "95% t-interval across seeds (several seeds) or over test episodes (1 seed)"
 
 
 def _accuracy_panel(ax: Axes, panel: pd.DataFrame, order: list[str], colours: dict) -> None:
@@ -115,6 +142,11 @@ def _accuracy_panel(ax: Axes, panel: pd.DataFrame, order: list[str], colours: di
     )
     positions = [order.index(label) for label in panel["label"]]
     ax.errorbar(panel["mean"], positions, xerr=panel["ci95"], fmt="none", ecolor="black", capsize=3, lw=1)
+    if "n_way" in panel:
+        for n_way in sorted({int(n) for n in panel["n_way"]}):
+            ax.axvline(100.0 / n_way, color="grey", ls="--", lw=0.9, zorder=0)
+            ax.text(100.0 / n_way, 0.01, f" chance 1/{n_way}", transform=ax.get_xaxis_transform(),
+                    fontsize=6, color="grey", va="bottom", ha="left")
     ax.set_xlabel("accuracy (%)")
     ax.set_ylabel("")
 
@@ -131,7 +163,7 @@ def smooth(values: pd.Series) -> pd.Series:
 
 
 def _curve_frames(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Long frames of (method, setting, seed, metric, iteration, value) and of switch events."""
+    """Long frames of (method, setting, seed, metric, iteration, value[, ci95]) and of switch events."""
     lines, switches = [], []
     for run in runs:
         curve, val = read_curve(run), read_val(run)
@@ -150,13 +182,15 @@ def _curve_frames(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
                     )
                 )
         if not val.empty:
+            ci95 = val["ci95"].astype(float).to_numpy() if "ci95" in val.columns else np.full(len(val), np.nan)
             lines.append(
                 pd.DataFrame(
                     {
                         **ident,
-                        "metric": "val accuracy",
+                        "metric": VAL_METRIC,
                         "iteration": val["iteration"],
                         "value": val["accuracy"].astype(float).to_numpy(),
+                        "ci95": ci95,
                     }
                 )
             )
@@ -169,64 +203,75 @@ def _curve_frames(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def curves_figure(runs: list[Run]) -> Figure | None:
-    """Smoothed train accuracy and outer loss, plus validation accuracy, vs meta-iteration.
+    """Meta-training of every method overlaid per setting: smoothed train accuracy and outer loss,
+    and the validation accuracy with its 95% band over the validation episodes, vs meta-iteration.
 
-    One column per method (PURER, EI, ...), one row per quantity, one line per run (hue =
-    setting); curriculum switch events (algorithm.md §2.6) are ticks along the bottom of each panel.
-    Returns None when no run has a curve.
+    One column per setting, one row per quantity; within a row every panel shares the y axis, so
+    methods and shots compare at a glance; hue = method, one line per seed. Accuracy panels carry
+    a dashed chance line (``100 / n_way``); ticks along the bottom mark curriculum switches
+    (algorithm.md §2.6), coloured by method. Random and Average are not trained: they appear
+    only in the validation row. Returns None when no run has a curve.
     """
     frame, events = _curve_frames(runs)
     if frame.empty:
         return None
-    trained = set(frame.loc[frame["metric"] != "val accuracy", "method"])  # random/average have no curve
-    methods = sorted(trained or set(frame["method"]), key=method_rank)
-    frame = frame[frame["method"].isin(methods)]
-    metrics = [m for m in (*CURVE_METRICS.values(), "val accuracy") if m in set(frame["metric"])]
+    methods = sorted(set(frame["method"]), key=method_rank)
+    metrics = [m for m in (*CURVE_METRICS.values(), VAL_METRIC) if m in set(frame["metric"])]
     settings = sorted(set(frame["setting"]), key=_setting_key)
-    colours = dict(zip(settings, sns.color_palette(PALETTE, len(settings)), strict=True))
+    colours = dict(zip(methods, sns.color_palette(PALETTE, len(methods)), strict=True))
     with _style():
-        fig, axes = _figure(len(metrics), len(methods), (3.4, 2.3))
-        for j, method in enumerate(methods):
-            for i, metric in enumerate(metrics):
+        fig, axes = _figure(len(metrics), len(settings), (3.4, 2.3))
+        for i, metric in enumerate(metrics):
+            for j, setting in enumerate(settings):
                 ax = axes[i, j]
-                data = frame[(frame["method"] == method) & (frame["metric"] == metric)]
-                _curve_panel(ax, data, events, method, colours, legend=(i == 0 and j == 0))
-                ax.set_title(f"{variant_label(method, False)}: {metric}")
-                ax.set_ylabel(metric)
-        fig.suptitle("Meta-training (ticks: curriculum switches)")
+                data = frame[(frame["setting"] == setting) & (frame["metric"] == metric)]
+                _curve_panel(ax, data, events[events["setting"] == setting] if not events.empty else events,
+                             colours, legend=(i == len(metrics) - 1 and j == len(settings) - 1))
+                if "accuracy" in metric:
+                    ax.axhline(100.0 / _setting_key(setting)[0], color="grey", ls="--", lw=0.9, zorder=0)
+                ax.set_title(f"{setting}: {metric}")
+                ax.set_ylabel(metric if j == 0 else "")
+            _share_y(axes[i])
+        fig.suptitle("Meta-training: one line per seed; band: 95% CI over the validation episodes;\n"
+                     "dashed: chance (1/n_way); ticks: curriculum switches")
     return fig
 
 
-def _curve_panel(
-    ax: Axes, data: pd.DataFrame, events: pd.DataFrame, method: str, colours: dict, legend: bool
-) -> None:
+def _share_y(row: np.ndarray) -> None:
+    """One y range for every panel of a row (the union of their ranges)."""
+    shown = [ax for ax in row if ax.axison]
+    if not shown:
+        return
+    low = min(ax.get_ylim()[0] for ax in shown)
+    high = max(ax.get_ylim()[1] for ax in shown)
+    for ax in shown:
+        ax.set_ylim(low, high)
+
+
+def _curve_panel(ax: Axes, data: pd.DataFrame, events: pd.DataFrame, colours: dict, legend: bool) -> None:
     if data.empty:
         ax.axis("off")
         return
-    sns.lineplot(
-        data=data,
-        x="iteration",
-        y="value",
-        hue="setting",
-        hue_order=list(colours),
-        palette=colours,
-        units="seed",
-        estimator=None,
-        lw=1,
-        legend=legend,
-        ax=ax,
-    )
+    for (method, seed), group in data.groupby(["method", "seed"], sort=False):
+        label = variant_label(method, False) if seed == data.loc[data["method"] == method, "seed"].min() else None
+        ax.plot(group["iteration"], group["value"], color=colours[method], lw=1, label=label,
+                marker="o" if "ci95" in group and group["ci95"].notna().any() else None, ms=2)
+        if "ci95" in group and group["ci95"].notna().any():
+            ax.fill_between(group["iteration"], group["value"] - group["ci95"], group["value"] + group["ci95"],
+                            color=colours[method], alpha=0.15, lw=0)
+    if legend:
+        ax.legend(fontsize=6, loc="best")
     if not events.empty:
-        mine = events[events["method"] == method]
-        for setting, group in mine.groupby("setting", sort=True):
+        for method, group in events.groupby("method", sort=True):
             ax.vlines(
                 group["iteration"],
                 0.0,
                 0.06,
                 transform=ax.get_xaxis_transform(),
-                colors=[colours.get(setting, "black")],
+                colors=[colours.get(method, "black")],
                 lw=0.8,
             )
+    ax.set_xlabel("iteration")
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,29 +279,145 @@ def _curve_panel(
 # --------------------------------------------------------------------------------------------
 
 
-def grids_figure(runs: list[Run]) -> Figure | None:
-    """The latest synthesized-image grid of each (method, setting), lowest seed; None if no grid."""
-    chosen: dict[tuple[str, str], tuple[Run, Path, int | None]] = {}
-    for run in runs:  # sorted by method, setting, seed: keep the first (lowest seed)
-        found = latest_grid(run)
-        if found is not None:
-            chosen.setdefault((run.method, run.setting), (run, *found))
+def grids_figure(runs: list[Run], data_dir: str | Path = "data") -> Figure | None:
+    """Synthesized images of each trained method (lowest seed, first setting) at several
+    iterations: a few labelled classes (rows) x a few images, beside real training images of the
+    same classes where the dataset cache ``<data_dir>/<dataset>/<size>px/train.pt`` exists.
+
+    Classes and their names come from the pool manifest (the grid's rows are the first domain's
+    classes in sorted global id order, purer/inversion/dataset.py). Returns None if no run has a grid.
+    """
+    chosen: dict[str, tuple[Run, list[tuple[int, Path]]]] = {}
+    for run in runs:  # sorted by method, setting, seed: keep the first (lowest seed, first setting)
+        grids = _grid_files(run)
+        if grids:
+            chosen.setdefault(run.method, (run, _spread(grids, GRID_ITERATIONS)))
     if not chosen:
         return None
-    methods = sorted({m for m, _ in chosen}, key=method_rank)
-    settings = sorted({s for _, s in chosen}, key=_setting_key)
+    methods = sorted(chosen, key=method_rank)
+    first_run = chosen[methods[0]][0]
+    classes = _grid_classes(first_run.path.parent.parent.parent / "pool" / "manifest.yaml")
+    crops = {m: [(it, _crop_grid(_read_image(path))) for it, path in chosen[m][1]] for m in methods}
+    like, n_rows, side = crops[methods[0]][0][1]
+    real = _real_mosaic(classes[:n_rows], like, side, data_dir) if classes and side else None
+    columns = (1 if real is not None else 0) + max(len(crops[m]) for m in methods)
+    cell = side or like.shape[0]
+    panel = (GRID_INCHES_PER_IMAGE * like.shape[1] / cell, GRID_INCHES_PER_IMAGE * like.shape[0] / cell + 0.35)
     with _style():
-        fig, axes = _figure(len(methods), len(settings), (3.0, 3.2))
+        fig, axes = _figure(len(methods), columns, panel)
         for i, method in enumerate(methods):
-            for j, setting in enumerate(settings):
+            run = chosen[method][0]
+            panels = ([("real (train split)", (real, n_rows, side))] if real is not None else []) + [
+                (f"iteration {it}", crop) for it, crop in crops[method]
+            ]
+            for j in range(columns):
                 ax = axes[i, j]
-                ax.axis("off")
-                if (method, setting) in chosen:
-                    run, path, iteration = chosen[(method, setting)]
-                    ax.imshow(_read_image(path), interpolation="nearest")
-                    at = f", iteration {iteration}" if iteration is not None else ""
-                    ax.set_title(f"{variant_label(method, False)}, {setting}\nseed {run.seed}{at}")
+                if j >= len(panels):
+                    ax.axis("off")
+                    continue
+                title, (image, rows, cell_side) = panels[j]
+                ax.imshow(image, interpolation="nearest")
+                ax.set_title(title, fontsize=7)
+                ax.set_xticks([])
+                if j == 0 and classes and cell_side:
+                    ax.set_yticks([GRID_PADDING + cell_side * (r + 0.5) for r in range(rows)],
+                                  [_short(name) for name in classes[:rows]], fontsize=6)
+                else:
+                    ax.set_yticks([])
+                ax.grid(False)
+            axes[i, 0].set_ylabel(f"{variant_label(method, False)}\n{run.setting}, seed {run.seed}", fontsize=7)
+        fig.suptitle("Synthesized images over meta-training (rows: classes)")
     return fig
+
+
+def _spread(grids: list[tuple[int, Path]], count: int) -> list[tuple[int, Path]]:
+    """``count`` of the grids, first and last included, evenly spread over the saved iterations."""
+    if len(grids) <= count:
+        return grids
+    picks = sorted({round(k * (len(grids) - 1) / (count - 1)) for k in range(count)})
+    return [grids[k] for k in picks]
+
+
+def _cell_side(image: np.ndarray) -> int | None:
+    """The cell side of a class grid (purer/inversion/dataset.py ``class_grid``: every cell has
+    ``GRID_PADDING`` black pixels above and left of it), or None if ``image`` is not such a grid."""
+    height, width = image.shape[:2]
+    dark = image.max(axis=2) == 0
+    for side in range(GRID_PADDING + 2, min(height, width)):
+        if (height - GRID_PADDING) % side or (width - GRID_PADDING) % side:
+            continue
+        lines = [k * side + d for k in range((height - GRID_PADDING) // side + 1) for d in range(GRID_PADDING)]
+        cols = [k * side + d for k in range((width - GRID_PADDING) // side + 1) for d in range(GRID_PADDING)]
+        if dark[lines].all() and dark[:, cols].all():
+            return side
+    return None
+
+
+def _crop_grid(image: np.ndarray) -> tuple[np.ndarray, int, int | None]:
+    """The first ``GRID_CLASSES`` rows x ``GRID_IMAGES`` columns of a class grid, its row count and
+    cell side (an image that is not a class grid is returned whole: one row, side None)."""
+    side = _cell_side(image)
+    if side is None:
+        return image, 1, None
+    rows = min(GRID_CLASSES, (image.shape[0] - GRID_PADDING) // side)
+    cols = min(GRID_IMAGES, (image.shape[1] - GRID_PADDING) // side)
+    return np.ascontiguousarray(image[: rows * side + GRID_PADDING, : cols * side + GRID_PADDING]), rows, side
+
+
+def _grid_classes(manifest: Path) -> list[tuple[str, str, int]]:
+    """(dataset, class name, local class id) of the first domain's classes in grid row order;
+    empty when the manifest is absent or does not name its classes."""
+    try:
+        data = read_yaml(manifest, "pool manifest") if manifest.is_file() else None
+    except PurerError:
+        return []
+    if not isinstance(data, dict) or not data.get("teachers") or not data.get("datasets"):
+        return []
+    teachers, datasets = data["teachers"], data["datasets"]
+    domain = lambda t: (t.get("image_size"), t.get("channels")) if "image_size" in t else t.get("dataset")  # noqa: E731
+    first = domain(teachers[0])
+    ids = sorted({int(c) for t in teachers if domain(t) == first for c in t.get("classes", [])})
+    out = []
+    for global_id in ids:
+        for entry in datasets:
+            offset, names = int(entry.get("offset", 0)), entry.get("class_names") or []
+            if offset <= global_id < offset + len(names):
+                out.append((str(entry["name"]), str(names[global_id - offset]), global_id - offset))
+                break
+        else:
+            return []
+    return out
+
+
+def _short(entry: tuple[str, str, int]) -> str:
+    """A class's row label: its name, shortened (``U+0046_LATIN-CAPITAL-LETTER-F`` -> ``U+0046 LATIN ...``)."""
+    name = entry[1].replace("_", " ").replace("-", " ")
+    return name if len(name) <= 30 else name[:29] + "…"
+
+
+def _real_mosaic(
+    classes: list[tuple[str, str, int]], like: np.ndarray, side: int, data_dir: str | Path
+) -> np.ndarray | None:
+    """Real training images of ``classes`` laid out like the grid crop ``like`` (cells of ``side``
+    pixels); None without the dataset cache."""
+    size = side - GRID_PADDING
+    cols = (like.shape[1] - GRID_PADDING) // side
+    path = Path(data_dir) / classes[0][0] / f"{size}px" / "train.pt"
+    if not path.is_file() or any(c[0] != classes[0][0] for c in classes):
+        return None
+    try:
+        split = load_split(path)
+    except PurerError:
+        return None
+    mosaic = np.zeros((len(classes) * side + GRID_PADDING, cols * side + GRID_PADDING, 3), dtype=np.uint8)
+    for r, (_, _, label) in enumerate(classes):
+        images = split.images[split.labels == label][:cols]
+        for c, image in enumerate(images):
+            pixels = image.numpy().transpose(1, 2, 0)
+            pixels = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[:, :, :3]
+            y, x = r * side + GRID_PADDING, c * side + GRID_PADDING
+            mosaic[y : y + size, x : x + size] = pixels
+    return mosaic
 
 
 def _read_image(path: Path) -> np.ndarray:

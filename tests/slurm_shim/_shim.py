@@ -111,7 +111,8 @@ def main(cmd: str) -> int:
     if cmd == "srun":
         return srun(argv)
     if cmd == "sinfo":
-        print("PARTITION\n" + "\n".join(PARTITIONS))
+        # `sinfo -o %P`: the cluster's default partition is marked with "*"
+        print("PARTITION\n" + "\n".join([PARTITIONS[0] + "*", *PARTITIONS[1:]]))
         return 0
     if cmd == "scontrol":
         print("MinJobAge               = 300 sec")

@@ -163,6 +163,32 @@ CODE = {
 }
 
 
+# --------------------------------------------------------------------------------------------
+# Compute resources (used by executors such as SLURM; a local run only counts them)
+# --------------------------------------------------------------------------------------------
+
+# A GPU is requested only when the config computes on CUDA, and only by the jobs that compute on
+# it. The baselines `random` and `average` are not trained: their meta-train job only validates
+# (no GPU, short). Site settings (account, partitions) are not here: README "Running on SLURM".
+ON_CUDA = CFG.device.startswith("cuda")
+VALIDATE_ONLY_METHODS = ("random", "average")
+
+
+def gpus(wildcards=None):
+    """GPUs of a compute job (pool_train, meta_test*): 1 on a CUDA config, else 0."""
+    return 1 if ON_CUDA else 0
+
+
+def meta_train_gpus(wildcards):
+    """GPUs of one meta-train job: 0 for the baselines that only validate."""
+    return 0 if wildcards.method in VALIDATE_ONLY_METHODS else gpus()
+
+
+def meta_train_runtime(wildcards):
+    """Minutes of one meta-train job: 60000 meta-iterations at most a day (resumes if killed)."""
+    return 60 if wildcards.method in VALIDATE_ONLY_METHODS else 1440
+
+
 def prepare_inputs(dataset):
     """Code of the dataset's source, and its raw data when present (a missing one is reported by
     ``purer prepare`` with instructions, rather than by Snakemake)."""

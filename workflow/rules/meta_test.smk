@@ -21,7 +21,10 @@ rule meta_test:
         f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_plain.log",
     threads: 1
     resources:
-        gpu=1,
+        gpu=gpus,
+        runtime=60,
+        mem_mb=16000,
+        cpus_per_gpu=4,
     conda:
         "../envs/purer.yaml"
     shell:
@@ -43,7 +46,10 @@ rule meta_test_icfil:
         f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_icfil.log",
     threads: 1
     resources:
-        gpu=1,
+        gpu=gpus,
+        runtime=240,  # ICFIL inverts the adapted model in every episode: slower
+        mem_mb=16000,
+        cpus_per_gpu=4,
     conda:
         "../envs/purer.yaml"
     shell:
@@ -66,7 +72,10 @@ rule meta_test_control:
         f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_{{control}}.log",
     threads: 1
     resources:
-        gpu=1,
+        gpu=gpus,
+        runtime=240,  # the noise control runs the calibration too
+        mem_mb=16000,
+        cpus_per_gpu=4,
     conda:
         "../envs/purer.yaml"
     shell:

@@ -17,7 +17,10 @@ rule meta_train:
         f"{LOGS}/meta_train/{{method}}_{{n_shot}}shot_seed{{seed}}.log",
     threads: 1
     resources:
-        gpu=1,
+        gpu=meta_train_gpus,
+        runtime=meta_train_runtime,
+        mem_mb=32000,
+        cpus_per_gpu=8,
     conda:
         "../envs/purer.yaml"
     shell:

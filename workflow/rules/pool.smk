@@ -16,7 +16,10 @@ rule pool_train:
         f"{LOGS}/pool/teacher_{{teacher}}.log",
     threads: 1
     resources:
-        gpu=1,
+        gpu=gpus,
+        runtime=120,
+        mem_mb=16000,
+        cpus_per_gpu=4,
     conda:
         "../envs/purer.yaml"
     shell:
@@ -35,6 +38,9 @@ rule pool_manifest:
     log:
         f"{LOGS}/pool/manifest.log",
     threads: 1
+    resources:
+        runtime=10,
+        mem_mb=4000,
     conda:
         "../envs/purer.yaml"
     shell:

@@ -18,6 +18,7 @@ for _name, _dataset in CFG.datasets.items():
             f"{LOGS}/prepare/{_name}.log",
         threads: 1
         resources:
+            runtime=60,
             mem_mb=8000,
         conda:
             "../envs/purer.yaml"

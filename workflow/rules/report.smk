@@ -18,6 +18,9 @@ rule report:
     log:
         f"{LOGS}/report.log",
     threads: 1
+    resources:
+        runtime=30,
+        mem_mb=8000,
     conda:
         "../envs/purer.yaml"
     shell:

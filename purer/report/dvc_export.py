@@ -1,0 +1,148 @@
+"""DVC's view of one experiment: a few metrics and plot data, written after the report.
+
+``python -m purer.report.dvc_export --config FILE`` (the command of each ``dvc.yaml`` stage, after
+Snakemake) reads the experiment's results and writes, under ``results/<experiment>/``:
+
+- ``metrics.json``: ``<variant>.[<dataset>.]<n_way>w<n_shot>s.acc`` and ``.ci95`` (percent) of the
+  plain and ICFIL results, variants ``purer``, ``ei``, ``random``, ``average``,
+  ``purer+ICFIL-reconstruction``. One file per experiment, so ``dvc exp show`` names the columns
+  without the file's path;
+- ``plots/accuracy.csv``: one row per (variant, setting) with the interval's bounds and the chance
+  level (``1/n_way``);
+- ``plots/train_curves.csv``: smoothed training accuracy per iteration, one series per run;
+- ``plots/val_curves.csv``: validation accuracy per iteration with its 95% interval over the
+  validation episodes, one series per run.
+
+The plot templates (``.dvc/plots/*.json``) draw one line or bar per series. The plots folder is
+replaced whole, so a variant or setting that disappeared leaves no stale file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from purer import paths
+from purer.config import load_config
+from purer.io import atomic_dir, write_json
+from purer.report import aggregate
+from purer.report.figures import smooth
+from purer.variants import ICFIL, PLAIN
+
+logger = logging.getLogger(__name__)
+
+ICFIL_CAVEAT = "ICFIL-reconstruction"  # ICFIL is a reconstruction of the paper's description
+
+
+def variant_name(method: str, test_variant: str) -> str:
+    """File stem / series name of a method variant: ``purer``, ``purer+ICFIL-reconstruction``."""
+    return method if test_variant == PLAIN else f"{method}+{ICFIL_CAVEAT}"
+
+
+def setting_key(row: pd.Series, several_datasets: bool) -> str:
+    """``5w1s`` (``glyphs.5w1s`` when the experiment tests on several datasets)."""
+    setting = f"{int(row['n_way'])}w{int(row['n_shot'])}s"
+    return f"{row['dataset']}.{setting}" if several_datasets else setting
+
+
+def main_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """Plain and ICFIL rows of the summary, the first of each (method, variant, dataset, setting)."""
+    rows = summary[summary["test_variant"].isin((PLAIN, ICFIL))]
+    keys = ["method", "test_variant", "dataset", "n_way", "n_shot"]
+    if rows.duplicated(keys).any():
+        logger.warning("several results per cell (different protocols?): DVC metrics keep the first of each")
+    return rows.drop_duplicates(keys)
+
+
+def metrics_files(summary: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
+    """``{variant: {setting: {"acc": mean %, "ci95": half-width %}}}`` of the main rows."""
+    rows = main_rows(summary)
+    several = rows["dataset"].nunique() > 1
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for _, row in rows.iterrows():
+        cell = {"acc": round(float(row["accuracy"]), 2), "ci95": round(float(row["ci95"]), 2)}
+        out.setdefault(variant_name(row["method"], row["test_variant"]), {})[setting_key(row, several)] = cell
+    return out
+
+
+def accuracy_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``plots/accuracy.csv``: variant, setting, accuracy, ci_low, ci_high, chance, interval."""
+    rows = main_rows(summary)
+    several = rows["dataset"].nunique() > 1
+    frame = pd.DataFrame(
+        {
+            "variant": [variant_name(m, v) for m, v in zip(rows["method"], rows["test_variant"], strict=True)],
+            "setting": [setting_key(row, several) for _, row in rows.iterrows()],
+            "accuracy": rows["accuracy"].round(2).to_numpy(),
+            "ci_low": (rows["accuracy"] - rows["ci95"]).round(2).to_numpy(),
+            "ci_high": (rows["accuracy"] + rows["ci95"]).round(2).to_numpy(),
+            "chance": (100.0 / rows["n_way"].astype(float)).round(2).to_numpy(),
+            "interval": [_interval(kind, n) for kind, n in zip(rows["ci_kind"], rows["n_seeds"], strict=True)],
+        }
+    )
+    return frame.sort_values(["setting", "variant"], kind="stable")
+
+
+def _interval(ci_kind: str, n_seeds: int) -> str:
+    if ci_kind == "seeds":
+        return f"95% t-interval across {int(n_seeds)} seeds"
+    return "95% CI over test episodes (1 seed)"
+
+
+def curve_frames(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) long frames: iteration, series (``purer 5w1s seed0``), value columns."""
+    train, val = [], []
+    for run in aggregate.collect_runs(root):
+        series = f"{run.method} {run.n_way}w{run.n_shot}s seed{run.seed}"
+        curve, validation = aggregate.read_curve(run), aggregate.read_val(run)
+        if not curve.empty and "train_accuracy" in curve.columns:
+            train.append(pd.DataFrame({"iteration": curve["iteration"].to_numpy(), "series": series,
+                                       "train_accuracy": smooth(curve["train_accuracy"]).round(2).to_numpy()}))
+        if not validation.empty:
+            accuracy = validation["accuracy"].astype(float)
+            ci95 = validation["ci95"].astype(float) if "ci95" in validation else accuracy * math.nan
+            val.append(pd.DataFrame({"iteration": validation["iteration"].to_numpy(), "series": series,
+                                     "val_accuracy": accuracy.round(2).to_numpy(),
+                                     "ci_low": (accuracy - ci95).round(2).to_numpy(),
+                                     "ci_high": (accuracy + ci95).round(2).to_numpy()}))
+    empty_train = pd.DataFrame(columns=["iteration", "series", "train_accuracy"])
+    empty_val = pd.DataFrame(columns=["iteration", "series", "val_accuracy", "ci_low", "ci_high"])
+    return (pd.concat(train, ignore_index=True) if train else empty_train,
+            pd.concat(val, ignore_index=True) if val else empty_val)
+
+
+def export(config_path: str | Path) -> list[Path]:
+    """Write the experiment's DVC metrics and plot data; returns the paths written."""
+    config = load_config(config_path)
+    root = paths.experiment_dir(config)
+    metrics = aggregate.collect_metrics(root)
+    summary = aggregate.summarise(metrics)
+    files = metrics_files(summary)
+    accuracy = accuracy_frame(summary)
+    train, val = curve_frames(root)
+    written = []
+    write_json(root / "metrics.json", files)
+    written.append(root / "metrics.json")
+    with atomic_dir(root / "plots") as tmp:
+        for name, frame in (("accuracy", accuracy), ("train_curves", train), ("val_curves", val)):
+            frame.to_csv(tmp / f"{name}.csv", index=False)
+            written.append(root / "plots" / f"{name}.csv")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m purer.report.dvc_export", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, metavar="FILE", help="the experiment's config file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for path in export(args.config):
+        logger.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
