@@ -1,7 +1,7 @@
 """purer: data-free meta-learning (PURER: ECI meta-training, ICFIL meta-testing).
 
     prepare -> pool (one job per teacher) -> manifest -> meta_train (method x shot x seed)
-            -> meta_test (x test dataset, plain and ICFIL) -> report
+            -> meta_test (x test dataset: plain, ICFIL and its controls) -> report
 
     snakemake --cores all                          the default run (config/config.yaml)
     snakemake --cores all --configfile FILE        another config (e.g. config/experiments/*.yaml)

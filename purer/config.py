@@ -303,6 +303,9 @@ class MetaTestConfig:
     inner_steps: int = 1  # test-time inner steps (released scripts: 1; PURER-Plus: 10)
     inner_lr: float | None = None  # None = meta_train.learner.inner_lr; 0 is refused (use inner_steps: 0)
     selection: Literal["val", "last", "best-on-test"] = "val"  # best-on-test = authors' protocol, labelled
+    best_on_test_beside: bool = True  # plain tests also score every snapshot; the best is reported, labelled
+    matched_steps: tuple[int, ...] = (10, 16)  # inner steps of the plain controls at ICFIL's update budget
+    episode_batch: int = 1  # test episodes calibrated together by a vmapped ICFIL (GPUs); 1 = per episode
     icfil: IcfilConfig = field(default_factory=IcfilConfig)
 
     def __post_init__(self) -> None:
@@ -320,6 +323,8 @@ class MetaTestConfig:
             "a positive number, or null for meta_train.learner.inner_lr (inner_steps: 0 tests without adaptation)",
             self.inner_lr,
         )
+        _require(all(k >= 1 for k in self.matched_steps), "matched_steps", "values of at least 1", self.matched_steps)
+        _require(self.episode_batch >= 1, "episode_batch", "at least 1", self.episode_batch)
 
 
 Method = Literal["purer", "ei", "random", "average"]
@@ -334,6 +339,7 @@ class GridConfig:
     seeds: tuple[int, ...] = (0,)
     icfil: tuple[bool, ...] = (False, True)  # meta-test with and without ICFIL
     icfil_methods: tuple[Method, ...] = ("purer",)  # methods that also get an ICFIL evaluation
+    icfil_controls: tuple[Literal["matched", "noise", "support"], ...] = ("matched", "noise", "support")  # controls run beside ICFIL (purer/variants.py)
 
     def __post_init__(self) -> None:
         _require(len(self.methods) >= 1, "methods", "at least one method", self.methods)

@@ -6,7 +6,7 @@ Layout::
     <results_dir>/<experiment>/<pool>/pool/teacher_03.pt               one teacher
     <results_dir>/<experiment>/<pool>/pool/manifest.yaml               the pool manifest
     <results_dir>/<experiment>/<pool>/<method>/<n_way>w<n_shot>s/seed<k>/          a meta-training run
-    .../seed<k>/test/<dataset>/{plain,icfil}/metrics.json                         a meta-test
+    .../seed<k>/test/<dataset>/<variant>/metrics.json                              a meta-test
     <results_dir>/<experiment>/report/{tables,figures}/                           the report
 
 ``<pool>`` is the pool's dataset names joined by ``+`` (e.g. ``cifar-fs+mini-imagenet``).
@@ -57,9 +57,13 @@ def run_dir(config: ExperimentConfig, method: str, n_shot: int, seed: int) -> Pa
     return experiment_dir(config) / pool_tag(config) / method / f"{n_way}w{n_shot}s" / f"seed{seed}"
 
 
-def test_dir(run: Path, dataset: str, icfil: bool) -> Path:
-    """Directory of one meta-test of a trained run on ``dataset``."""
-    return Path(run) / "test" / dataset / ("icfil" if icfil else "plain")
+def test_dir(run: Path, dataset: str, icfil: bool | str) -> Path:
+    """Directory of one meta-test of a trained run on ``dataset``.
+
+    ``icfil``: False/True for ``plain``/``icfil``, or a test variant's name (purer/variants.py).
+    """
+    variant = icfil if isinstance(icfil, str) else ("icfil" if icfil else "plain")
+    return Path(run) / "test" / dataset / variant
 
 
 def report_dir(config: ExperimentConfig) -> Path:

@@ -102,7 +102,8 @@ def test_default_config_is_the_small_offline_run():
     assert config.device == "cpu" and config.pool.architectures == ("conv4",)
     assert n_teachers(config) == 4
     assert set(config.grid.methods) == {"purer", "ei", "random", "average"} and config.grid.shots == (1, 5)
-    assert config.grid.icfil_methods == ("purer",) and True in config.grid.icfil
+    assert config.grid.icfil_methods == ("purer", "ei") and True in config.grid.icfil
+    assert set(config.grid.icfil_controls) == {"matched", "noise", "support"}
 
 
 def _experiment(name: str) -> ExperimentConfig:
@@ -153,5 +154,5 @@ def test_bench_compares_the_methods_on_mini_imagenet_32px():
     config = _experiment("bench")
     assert config.pool.datasets == ("mini-imagenet",) and config.datasets["mini-imagenet"].image_size == 32
     assert set(config.grid.methods) == {"purer", "ei", "random", "average"} and config.grid.shots == (1, 5)
-    assert config.grid.icfil == (False, True) and config.grid.icfil_methods == ("purer",)
+    assert config.grid.icfil == (False, True) and config.grid.icfil_methods == config.grid.methods
     assert config.device == "cpu"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +148,14 @@ def test_collect_metrics_reads_files_and_falls_back_to_the_path(results: Path) -
 def test_summary_across_seeds_matches_hand_computation(results: Path) -> None:
     summary = aggregate.summarise(aggregate.collect_metrics(results))
     purer = _row(summary, "PURER", 1)
-    # seeds 50 and 54: mean 52, population sigma 2, CI = 1.96 * 2 / sqrt(2)
+    # seeds 50 and 54: mean 52, sample s = 2*sqrt(2), CI = t_{0.975,1} * s / sqrt(2) = 12.706 * 2
     assert purer["accuracy"] == pytest.approx(52.0)
-    assert purer["ci95"] == pytest.approx(1.96 * 2.0 / math.sqrt(2))
+    assert purer["ci95"] == pytest.approx(12.706 * 2.0)
     assert (purer["n_seeds"], purer["ci_kind"], purer["seeds"]) == (2, "seeds", "0,1")
+    assert purer["seed_accuracies"] == "0:50.0000;1:54.0000"
     ei = _row(summary, "EI (no curriculum)", 5)
     assert ei["accuracy"] == pytest.approx(74.0)
-    assert ei["ci95"] == pytest.approx(1.96 * 1.0 / math.sqrt(2))
+    assert ei["ci95"] == pytest.approx(12.706 * 1.0)
 
 
 def test_summary_of_one_seed_keeps_its_episode_ci(results: Path) -> None:
@@ -171,7 +171,7 @@ def test_summary_json_keys_and_values(results: Path, tmp_path: Path) -> None:
     path = aggregate.write_summary(tmp_path / "summary.json", summary)
     data = json.loads(path.read_text())
     assert data["glyphs/5w1s/purer"]["accuracy"] == 52.0
-    assert data["glyphs/5w1s/purer"]["ci95"] == round(1.96 * 2 / math.sqrt(2), 4)
+    assert data["glyphs/5w1s/purer"]["ci95"] == round(12.706 * 2, 4)
     assert data["glyphs/5w1s/purer+icfil"] == {"accuracy": 55.0, "ci95": 0.9, "n_seeds": 1}
     assert len(data) == 7
 
@@ -224,9 +224,10 @@ def _tables(results: Path) -> dict[str, tables.Table]:
 def test_markdown_bolds_the_best_cell_of_each_column(results: Path) -> None:
     text = tables.render_markdown(_tables(results)["main"])
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["PURER + ICFIL"].endswith("| **55.00 ± 0.90** | — |")
-    assert rows["EI (no curriculum)"].endswith("| 48.50 ± 0.69 | **74.00 ± 1.39** |")
-    assert rows["PURER"].endswith("| 52.00 ± 2.77 | 71.00 ± 1.39 |")
+    # the lone ICFIL row is not compared with the plain rows: no bold
+    assert rows["PURER + ICFIL"].endswith("| 55.00 ± 0.90 | — |")
+    assert rows["EI (no curriculum)"].endswith("| 48.50 ± 6.35 | **74.00 ± 12.71** |")
+    assert rows["PURER"].endswith("| **52.00 ± 25.41** | 71.00 ± 12.71 |")
     assert text.count("**") == 4  # exactly two bold cells
     assert list(rows)[2:] == ["Random", "EI (no curriculum)", "PURER", "PURER + ICFIL"]
 
@@ -234,8 +235,8 @@ def test_markdown_bolds_the_best_cell_of_each_column(results: Path) -> None:
 def test_latex_bolds_the_best_cell_and_uses_booktabs(results: Path) -> None:
     text = tables.render_latex(_tables(results)["main"])
     assert "\\toprule" in text and "\\midrule" in text and "\\bottomrule" in text
-    assert "PURER + ICFIL & \\textbf{55.00 $\\pm$ 0.90} & -- \\\\" in text
-    assert "EI (no curriculum) & 48.50 $\\pm$ 0.69 & \\textbf{74.00 $\\pm$ 1.39} \\\\" in text
+    assert "PURER + ICFIL & 55.00 $\\pm$ 0.90 & -- \\\\" in text
+    assert "EI (no curriculum) & 48.50 $\\pm$ 6.35 & \\textbf{74.00 $\\pm$ 12.71} \\\\" in text
     assert text.count("\\textbf") == 2
     assert "\\begin{tabular}{lcc}" in text
 
@@ -247,7 +248,8 @@ def test_csv_is_long_and_numeric(results: Path) -> None:
     assert pd.api.types.is_float_dtype(frame["mean"]) and pd.api.types.is_float_dtype(frame["ci95"])
     assert pd.api.types.is_integer_dtype(frame["n_seeds"])
     purer = frame[(frame["label"] == "PURER") & (frame["n_shot"] == 1)].iloc[0]
-    assert purer["mean"] == 52.0 and purer["ci95"] == pytest.approx(2.771859, abs=1e-6)
+    assert purer["mean"] == 52.0 and purer["ci95"] == pytest.approx(25.412, abs=1e-6)
+    assert purer["seed_values"] == "0:50.0000;1:54.0000"
     assert frame["best"].sum() == 2 and len(frame) == 7
 
 
@@ -274,8 +276,8 @@ def test_varying_context_gets_its_own_table_and_labels(results: Path) -> None:
     built = _tables(results)
     text = tables.render_markdown(built["learners"])
     assert "| Learner | Method | 5-way 1-shot |" in text
-    assert "| anil | PURER | **61.00 ± 1.39** |" in text
-    assert "| maml | PURER | 42.00 ± 2.77 |" in text
+    assert "| anil | PURER | **61.00 ± 12.71** |" in text
+    assert "| maml | PURER | 42.00 ± 25.41 |" in text
     main = tables.render_markdown(built["main"])
     assert "| PURER (anil) |" in main and "| PURER (no learner) |" in main
 

@@ -13,8 +13,9 @@ from workflow_support import REPO, micro_config, output_of, snakemake, write_yam
 from purer import paths
 from purer.config import load_config
 from purer.models.pool import n_teachers
+from purer.variants import control_names
 
-GPU_RULES = {"pool_train", "meta_train", "meta_test", "meta_test_icfil"}
+GPU_RULES = {"pool_train", "meta_train", "meta_test", "meta_test_icfil", "meta_test_control"}
 STEP_CLI = {
     "prepare_glyphs": "purer/cli/prepare.py",
     "pool_train": "purer/cli/pool.py",
@@ -22,6 +23,7 @@ STEP_CLI = {
     "meta_train": "purer/cli/meta_train.py",
     "meta_test": "purer/cli/meta_test.py",
     "meta_test_icfil": "purer/cli/meta_test.py",
+    "meta_test_control": "purer/cli/meta_test.py",
     "report": "purer/cli/report.py",
 }
 # shared infrastructure that every step imports (and package __init__ files): not rule inputs
@@ -84,6 +86,7 @@ def test_default_dag_expands_the_grid(default_dry_run):
     config = load_config(REPO / "config" / "config.yaml")
     runs = len(config.grid.methods) * len(config.grid.shots) * len(config.grid.seeds)
     icfil_runs = len(config.grid.icfil_methods) * len(config.grid.shots) * len(config.grid.seeds)
+    controls = len(control_names(config))
     counts: dict[str, int] = {}
     for job in default_dry_run:
         counts[job["rule"]] = counts.get(job["rule"], 0) + 1
@@ -94,6 +97,7 @@ def test_default_dag_expands_the_grid(default_dry_run):
         "meta_train": runs,
         "meta_test": runs * len(config.test_datasets),
         "meta_test_icfil": icfil_runs * len(config.test_datasets),
+        "meta_test_control": icfil_runs * controls * len(config.test_datasets),
         "report": 1,
         "all": 1,
     }
@@ -126,6 +130,7 @@ def test_outputs_are_the_paths_of_purer_paths(default_dry_run):
             expected |= {str(run / "meta_model.pt"), str(paths.test_dir(run, "glyphs", False) / "metrics.json")}
             if method in config.grid.icfil_methods:
                 expected.add(str(paths.test_dir(run, "glyphs", True) / "metrics.json"))
+                expected |= {str(paths.test_dir(run, "glyphs", c) / "metrics.json") for c in control_names(config)}
     expected.add(str(paths.report_dir(config) / "summary.json"))
     assert expected <= outputs, sorted(expected - outputs)
 
@@ -203,11 +208,15 @@ def test_jobs_get_the_configfile_snakemake_was_given(tmp_path):
     assert result.returncode == 0, output_of(result)
     prefix = "Shell command: "
     commands = [line[len(prefix):] for line in output_of(result).splitlines() if line.startswith(prefix + "purer ")]
-    assert len(commands) == 1 + 2 + 1 + 2 + 2 + 1 + 1  # prepare, teachers, manifest, runs, tests, icfil, report
+    # prepare, teachers, manifest, runs, tests, icfil, its 4 controls, report
+    assert len(commands) == 1 + 2 + 1 + 2 + 2 + 1 + 4 + 1
     for command in commands:
         assert f"--config {config}" in command, command
     icfil = [c for c in commands if "--icfil" in c]
     assert len(icfil) == 1 and "--method purer" in icfil[0]
+    controls = sorted(re.search(r"--variant (\S+)", c).group(1) for c in commands if "--variant" in c)
+    assert controls == ["finetune-support", "icfil-noise", "plain-steps2", "plain-steps3"]
+    assert all("--method purer" in c for c in commands if "--variant" in c)
 
 
 def test_snakemake_config_overrides_are_refused():
@@ -257,10 +266,16 @@ def test_tiny_end_to_end(tmp_path):
     config = load_config(config_file)
     report = workdir / paths.report_dir(config)
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
-    assert summary and all("accuracy" in cell for cell in summary.values())
+    assert summary and all({"accuracy", "difference", "helps"} & set(cell) for cell in summary.values())
+    assert "glyphs/5w1s/purer+icfil verdict" in summary
     assert (report / "tables" / "main.md").is_file() and (report / "figures" / "accuracy.png").is_file()
-    metrics = workdir / paths.test_dir(paths.run_dir(config, "purer", 1, 0), "glyphs", True) / "metrics.json"
+    run = paths.run_dir(config, "purer", 1, 0)
+    metrics = workdir / paths.test_dir(run, "glyphs", True) / "metrics.json"
     assert json.loads(metrics.read_text(encoding="utf-8"))["icfil"] is True
+    noise = json.loads((workdir / paths.test_dir(run, "glyphs", "icfil-noise") / "metrics.json").read_text())
+    assert noise["test_variant"] == "icfil-noise" and noise["calibration"] == "noise"
+    assert (report / "tables" / "ablation_icfil.md").is_file() and (report / "tables" / "differences.md").is_file()
+    assert any("-" in key.rsplit("/", 1)[-1] and "difference" in cell for key, cell in summary.items())
 
     again = snakemake(*args)
     assert again.returncode == 0, output_of(again)

@@ -74,6 +74,7 @@ def micro_config(**sections) -> dict:
         "meta_test": {
             "n_query": 2,
             "episodes": 3,
+            "matched_steps": [2, 3],
             "icfil": {"pseudo_per_class": 1, "inversion_steps": 2, "feature_steps": 1, "head_steps": 1},
         },
         "grid": {"methods": ["purer", "random"], "shots": [1], "seeds": [0], "icfil": [False, True],

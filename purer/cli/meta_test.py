@@ -1,11 +1,13 @@
 """Evaluate a meta-trained model on fixed, seeded test episodes, optionally with ICFIL.
 
-    purer meta-test --method purer --n-shot 1 [--seed S] [--dataset D] [--icfil] [--run DIR] [--out DIR]
+    purer meta-test --method purer --n-shot 1 [--seed S] [--dataset D] [--icfil | --variant V] [--run DIR] [--out DIR]
 
-Writes ``<run>/test/<dataset>/{plain,icfil}/metrics.json`` (mean accuracy, 95% CI, per-episode
-accuracies, timing). Without ``--dataset`` every test dataset of the config is evaluated
-separately and, when there are several, their mean is written to
-``<run>/test/average/{plain,icfil}/metrics.json``. ``--out DIR`` replaces ``<run>/test``.
+Writes ``<run>/test/<dataset>/<variant>/metrics.json`` (mean accuracy, 95% CI, per-episode
+accuracies, timing); the variant is ``plain`` by default, ``icfil`` with ``--icfil``, or one of the
+ICFIL controls with ``--variant`` (``plain-steps<k>``, ``icfil-noise``, ``finetune-support``: the
+support-only fine-tuning flag; see purer/variants.py). Without ``--dataset`` every test dataset of
+the config is evaluated separately and, when there are several, their mean is written to
+``<run>/test/average/<variant>/metrics.json``. ``--out DIR`` replaces ``<run>/test``.
 ICFIL is a reconstruction of the paper's description (algorithm.md §3.3).
 """
 
@@ -17,9 +19,11 @@ from pathlib import Path
 from purer import paths
 from purer.cli.common import load
 from purer.cli.main import add_common_arguments
+from purer.errors import ConfigError
 from purer.meta.evaluate import AVERAGE, meta_test, write_average
 from purer.outputs import check_output_folder
 from purer.seeding import seed_everything
+from purer.variants import ICFIL, PLAIN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="run seed (default: the config's seed)")
     parser.add_argument("--dataset", default=None, help="test dataset (default: every test dataset of the config)")
     parser.add_argument("--icfil", action="store_true", help="calibrate with ICFIL (a reconstruction, algorithm.md §3.3)")
+    parser.add_argument(
+        "--variant", default=None, metavar="NAME",
+        help="test variant: plain, icfil, plain-steps<k> (k in meta_test.matched_steps), icfil-noise, finetune-support",
+    )
     parser.add_argument("--run", default=None, metavar="DIR", help="run directory (default: from the config)")
     parser.add_argument("--out", default=None, metavar="DIR", help="replaces <run>/test as the output root")
 
@@ -41,16 +49,18 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(config.seed)
     run_dir = Path(args.run) if args.run else paths.run_dir(config, args.method, args.n_shot, seed)
     datasets = [args.dataset] if args.dataset else list(config.test_datasets)
-    mode = "icfil" if args.icfil else "plain"
+    if args.icfil and args.variant not in (None, ICFIL):
+        raise ConfigError(f"--icfil and --variant {args.variant} contradict each other (give one)")
+    mode = args.variant or (ICFIL if args.icfil else PLAIN)
     outputs = datasets + ([AVERAGE] if len(datasets) > 1 else [])
     for name in outputs:  # every output folder checked before the first evaluation
-        check_output_folder(_out(args, name, mode) or paths.test_dir(run_dir, name, args.icfil), "meta-test output folder")
+        check_output_folder(_out(args, name, mode) or paths.test_dir(run_dir, name, mode), "meta-test output folder")
     results = [
-        meta_test(config, args.method, args.n_shot, seed, name, args.icfil, _out(args, name, mode), run=run_dir)
+        meta_test(config, args.method, args.n_shot, seed, name, mode, _out(args, name, mode), run=run_dir)
         for name in datasets
     ]
     if len(results) > 1:
-        write_average(run_dir, results, args.icfil, _out(args, AVERAGE, mode))
+        write_average(run_dir, results, mode, _out(args, AVERAGE, mode))
 
 
 def _out(args: argparse.Namespace, dataset: str, mode: str) -> Path | None:

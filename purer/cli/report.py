@@ -46,15 +46,17 @@ def run(args: argparse.Namespace) -> None:
     # read and build everything first: a bad input leaves no partial report behind
     collected = aggregate.collect_metrics(root)
     summary = aggregate.summarise(collected)
-    built_tables = tables.build_tables(summary)
+    differences = aggregate.paired_differences(collected)
+    built_tables = tables.build_tables(summary, differences)
     main_table = next(t for t in built_tables if t.name == "main")
-    built_figures = figures.build_figures(summary, main_table, root)
+    main_rows = summary[summary["test_variant"].isin(aggregate.MAIN_VARIANTS)]
+    built_figures = figures.build_figures(main_rows, main_table, root)
     # the whole report is written into a temporary folder that then replaces `out`: an interrupted
     # report leaves the previous one intact, and files of formats no longer configured disappear
     with atomic_dir(out) as tmp:
         written = tables.write_tables(built_tables, tmp / "tables", config.report.formats)
         written += figures.save_figures(built_figures, tmp / "figures", config.report.figure_formats)
-        written.append(aggregate.write_summary(tmp / "summary.json", summary))
+        written.append(aggregate.write_summary(tmp / "summary.json", summary, differences))
         common.write_run_info(tmp, config)
         write_json(tmp / INPUTS_RECORD, input_record(collected["path"]))
     for path in written:

@@ -24,6 +24,7 @@ optimistically biased and labelled as such in ``metrics.json``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import statistics
@@ -42,13 +43,14 @@ from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes, materialise
 from purer.errors import CheckpointError, ConfigError
 from purer.io import load_torch, read_json, read_yaml, write_json
-from purer.meta.calibration import icfil_calibrate
+from purer.meta.calibration import icfil_calibrate, icfil_calibrate_batch, noise_config, support_finetune
 from purer.meta.learners import AdaptedState, Episode, GradientLearner, Params, ProtoNet, build_learner
 from purer.models.backbones import build_backbone
 from purer.outputs import claim_output
 from purer.runinfo import write_run_info
 from purer.seeding import make_generator
 from purer.tracking import progress
+from purer.variants import PLAIN, TestVariant, variant
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ META_MODEL_KEYS = ("state_dict", "architecture", "arch_kwargs", "n_way", "input_
 
 # calibrate(model, adapted state, episode, episode index) -> calibrated state
 Calibrate = Callable[[nn.Module, AdaptedState, Episode, int], AdaptedState]
+# calibrate_batch(model, adapted states, episodes, episode indices) -> calibrated states (same order)
+CalibrateBatch = Callable[[nn.Module, list[AdaptedState], list[Episode], list[int]], list[AdaptedState]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,6 +85,19 @@ def confidence_interval(accuracies: Sequence[float]) -> tuple[float, float]:
     if not values:
         raise ValueError("confidence_interval needs at least one accuracy")
     return statistics.fmean(values), 1.96 * statistics.pstdev(values) / math.sqrt(len(values))
+
+
+def episodes_digest(episodes: EpisodeSet) -> str:
+    """A short fingerprint of the episodes (classes and image indices, in order).
+
+    Stored in ``metrics.json`` so the report can check that two results it pairs episode by
+    episode were scored on identical episodes.
+    """
+    digest = hashlib.sha256()
+    for tensor in (episodes.classes, episodes.indices):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.to(torch.int64).cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +199,8 @@ def evaluate(
     device: torch.device | str = "cpu",
     calibrate: Calibrate | None = None,
     input_size: int | None = None,
+    calibrate_batch: CalibrateBatch | None = None,
+    episode_batch: int = 1,
 ) -> dict[str, Any]:
     """Score a meta model on fixed episodes (algorithm.md §4).
 
@@ -195,6 +214,10 @@ def evaluate(
         calibrate: optional hook ``(model, state, episode, index) -> state`` run after adaptation
             (ICFIL).
         input_size: the model's input side; test images are resized to it if it differs.
+        calibrate_batch: optional hook ``(model, states, episodes, indices) -> states`` run after
+            adaptation on ``episode_batch`` episodes at a time (batched ICFIL); used instead of
+            ``calibrate`` when given.
+        episode_batch: episodes per ``calibrate_batch`` call.
 
     Returns:
         ``accuracy`` and ``ci95`` (percent), ``accuracies`` (per episode, percent),
@@ -203,14 +226,20 @@ def evaluate(
     start = time.perf_counter()
     images = normalised_images(split, device, input_size)
     correct = torch.zeros(episodes.n_episodes, device=device)
-    for index in progress(range(episodes.n_episodes), desc="meta-test"):
-        episode = materialise(split, episodes, index, device, images=images)
-        state = adapt_first_order(learner, model, params, episode, inner_steps)
-        if calibrate is not None:
-            state = calibrate(model, state, episode, index)
-        with torch.no_grad():
-            predictions = learner.predict(model, state, episode.query_x).argmax(dim=1)
-        correct[index] = (predictions == episode.query_y).float().mean() * 100.0
+    group = episode_batch if calibrate_batch is not None else 1
+    starts = range(0, episodes.n_episodes, group)
+    for start in progress(starts, desc="meta-test"):
+        indices = list(range(start, min(start + group, episodes.n_episodes)))
+        batch = [materialise(split, episodes, index, device, images=images) for index in indices]
+        states = [adapt_first_order(learner, model, params, episode, inner_steps) for episode in batch]
+        if calibrate_batch is not None:
+            states = calibrate_batch(model, states, batch, indices)
+        elif calibrate is not None:
+            states = [calibrate(model, s, e, i) for s, e, i in zip(states, batch, indices, strict=True)]
+        for index, state, episode in zip(indices, states, batch, strict=True):
+            with torch.no_grad():
+                predictions = learner.predict(model, state, episode.query_x).argmax(dim=1)
+            correct[index] = (predictions == episode.query_y).float().mean() * 100.0
     accuracies = correct.cpu().tolist()  # the one device synchronisation
     seconds = time.perf_counter() - start
     mean, ci95 = confidence_interval(accuracies)
@@ -242,11 +271,38 @@ def candidate_checkpoints(run: Path, selection: str) -> list[Path]:
     return found
 
 
-def icfil_hook(config: ExperimentConfig, dataset: str, n_way: int) -> Calibrate:
-    """The ICFIL calibration hook with a per-episode generator from (seed, "icfil", dataset, index)."""
+def icfil_hook(config: ExperimentConfig, dataset: str, n_way: int, noise: bool = False) -> Calibrate:
+    """The ICFIL calibration hook with a per-episode generator from (seed, "icfil", dataset, index).
+
+    ``noise``: the control with N(0, 1) images in place of the inverted ones (same generator).
+    """
+    icfil = noise_config(config.meta_test.icfil) if noise else config.meta_test.icfil
+
     def calibrate(model: nn.Module, state: AdaptedState, episode: Episode, index: int) -> AdaptedState:
         generator = make_generator(config.seed, "icfil", dataset, index)
-        return icfil_calibrate(model, state, episode, config.meta_test.icfil, n_way, generator)
+        return icfil_calibrate(model, state, episode, icfil, n_way, generator)
+
+    return calibrate
+
+
+def icfil_batch_hook(config: ExperimentConfig, dataset: str, n_way: int, noise: bool = False) -> CalibrateBatch:
+    """:func:`icfil_hook` for groups of episodes: one batched inversion and calibration per group,
+    each episode with its own generator (equal to the per-episode hook)."""
+    icfil = noise_config(config.meta_test.icfil) if noise else config.meta_test.icfil
+
+    def calibrate(
+        model: nn.Module, states: list[AdaptedState], batch: list[Episode], indices: list[int]
+    ) -> list[AdaptedState]:
+        generators = [make_generator(config.seed, "icfil", dataset, index) for index in indices]
+        return icfil_calibrate_batch(model, states, batch, icfil, n_way, generators)
+
+    return calibrate
+
+
+def support_hook(config: ExperimentConfig) -> Calibrate:
+    """The support-only fine-tuning control (ICFIL's extra update budget, real support only)."""
+    def calibrate(model: nn.Module, state: AdaptedState, episode: Episode, index: int) -> AdaptedState:
+        return support_finetune(model, state, episode, config.meta_test.icfil)
 
     return calibrate
 
@@ -257,19 +313,29 @@ def evaluate_checkpoint(
     split: SplitData,
     episodes: EpisodeSet,
     dataset: str,
-    icfil: bool,
+    test_variant: TestVariant,
     device: str,
 ) -> dict[str, Any]:
-    """Load one checkpoint, check it fits the test set-up, and evaluate it."""
+    """Load one checkpoint, check it fits the test set-up, and evaluate it as ``test_variant``."""
     model, params, info = load_meta_model(path, device)
-    check_compatible(info, path, config.meta_test.n_way, split, dataset)
+    mt = config.meta_test
+    check_compatible(info, path, mt.n_way, split, dataset)
     learner_info = dict(info["learner"])
     # `is None`, not `or`: an explicit value is used as given, as in validation (0 is refused by the config)
-    inner_lr = float(learner_info["inner_lr"]) if config.meta_test.inner_lr is None else config.meta_test.inner_lr
+    inner_lr = float(learner_info["inner_lr"]) if mt.inner_lr is None else mt.inner_lr
     learner = build_learner(learner_info["algorithm"], inner_lr, bool(learner_info.get("first_order", False)))
-    calibrate = icfil_hook(config, dataset, config.meta_test.n_way) if icfil else None
+    calibrate, calibrate_batch = None, None
+    if test_variant.icfil:
+        noise = test_variant.calibration == "noise"
+        if mt.episode_batch > 1:  # one vmapped inversion and calibration per group (faster on GPUs)
+            calibrate_batch = icfil_batch_hook(config, dataset, mt.n_way, noise)
+        else:  # per episode: faster on a small CPU (benchmarks/README.md)
+            calibrate = icfil_hook(config, dataset, mt.n_way, noise)
+    elif test_variant.calibration == "support":
+        calibrate = support_hook(config)
     result = evaluate(
-        model, params, learner, split, episodes, config.meta_test.inner_steps, device, calibrate, int(info["input_size"])
+        model, params, learner, split, episodes, test_variant.inner_steps, device, calibrate, int(info["input_size"]),
+        calibrate_batch, mt.episode_batch,
     )
     learner_info["inner_lr"] = inner_lr
     return result | {
@@ -305,7 +371,7 @@ def meta_test(
     n_shot: int,
     seed: int,
     dataset: str,
-    icfil: bool,
+    icfil: bool | str,
     out_dir: str | Path | None = None,
     device: str | None = None,
     run: str | Path | None = None,
@@ -316,8 +382,9 @@ def meta_test(
         config: the experiment config (``meta_test`` section; ``config.seed`` seeds the episodes).
         method, n_shot, seed: which run (``purer.paths.run_dir``) unless ``run`` is given.
         dataset: a configured dataset name; its cached ``test`` split is used.
-        icfil: calibrate each adapted model with ICFIL (:mod:`purer.meta.calibration`).
-        out_dir: where ``metrics.json`` goes (default ``paths.test_dir(run, dataset, icfil)``).
+        icfil: calibrate each adapted model with ICFIL (:mod:`purer.meta.calibration`), or the
+            name of a test variant (:mod:`purer.variants`: ``plain``, ``icfil``, the controls).
+        out_dir: where ``metrics.json`` goes (default ``paths.test_dir(run, dataset, variant)``).
         device: default ``config.device``.
         run: the run directory (default ``paths.run_dir(config, method, n_shot, seed)``).
 
@@ -330,6 +397,10 @@ def meta_test(
         raise ConfigError(f"a dataset may not be called {AVERAGE!r} (reserved for the average over datasets)")
     if n_shot < 1:
         raise ConfigError(f"n_shot: expected at least 1, got {n_shot}")
+    try:
+        test_variant = variant(config.meta_test, icfil if isinstance(icfil, str) else ("icfil" if icfil else PLAIN))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     device = device or config.device
     run = Path(run) if run is not None else paths.run_dir(config, method, n_shot, seed)
     split = load_split(paths.dataset_cache(config, dataset, "test"))
@@ -339,31 +410,69 @@ def meta_test(
     for path in checkpoints:  # every input read and checked before the output folder is touched
         check_compatible(load_meta_model(path)[2], path, mt.n_way, split, dataset)
     n_teachers(config, run)
-    out_dir = Path(out_dir) if out_dir is not None else paths.test_dir(run, dataset, icfil)
+    out_dir = Path(out_dir) if out_dir is not None else paths.test_dir(run, dataset, test_variant.name)
     with claim_output(out_dir, "meta-test output folder"):  # writable, ours and unshared before the work
-        candidates = [evaluate_checkpoint(config, path, split, episodes, dataset, icfil, device) for path in checkpoints]
+        candidates = [
+            evaluate_checkpoint(config, path, split, episodes, dataset, test_variant, device) for path in checkpoints
+        ]
         best = max(candidates, key=lambda result: result["accuracy"])
-        metrics = _metrics_record(config, method, n_shot, seed, dataset, icfil, best, run)
+        metrics = _metrics_record(config, method, n_shot, seed, dataset, test_variant, best, run)
+        metrics["episodes_digest"] = episodes_digest(episodes)
         if mt.selection == "best-on-test":
             metrics["candidates"] = [
                 {k: c[k] for k in ("checkpoint", "checkpoint_iteration", "accuracy", "ci95")} for c in candidates
             ]
-        write_run_info(out_dir, config, method=method, n_shot=n_shot, seed=seed, dataset=dataset, icfil=icfil)
+        elif mt.best_on_test_beside and test_variant.name == PLAIN:
+            metrics["best_on_test"] = best_on_test(config, run, split, episodes, dataset, test_variant, device, best)
+        write_run_info(out_dir, config, method=method, n_shot=n_shot, seed=seed, dataset=dataset,
+                       icfil=test_variant.icfil, variant=test_variant.name)
         write_json(out_dir / "metrics.json", metrics)
-    logger.info("%s %s %d-shot seed %d on %s%s: %.2f ± %.2f %%", method, best["checkpoint"], n_shot, seed,
-                dataset, " + ICFIL" if icfil else "", metrics["accuracy"], metrics["ci95"])
+    logger.info("%s %s %d-shot seed %d on %s (%s): %.2f ± %.2f %%", method, best["checkpoint"], n_shot, seed,
+                dataset, test_variant.name, metrics["accuracy"], metrics["ci95"])
     return metrics
 
 
+def best_on_test(
+    config: ExperimentConfig,
+    run: Path,
+    split: SplitData,
+    episodes: EpisodeSet,
+    dataset: str,
+    test_variant: TestVariant,
+    device: str,
+    clean: dict[str, Any],
+) -> dict[str, Any]:
+    """The best test accuracy over every available checkpoint, beside the clean (selected) one.
+
+    Evaluates ``last.pt`` and ``snapshots/*.pt`` (``meta_model.pt``'s result ``clean`` is
+    reused) on the same test episodes and returns the maximum, labelled as the authors'
+    optimistically biased protocol (algorithm.md §4).
+    """
+    results = [clean]
+    for path in candidate_checkpoints(run, "best-on-test"):
+        if path.name != clean["checkpoint"]:
+            results.append(evaluate_checkpoint(config, path, split, episodes, dataset, test_variant, device))
+    best = max(results, key=lambda result: result["accuracy"])
+    return {
+        "label": BEST_ON_TEST_LABEL,
+        "accuracy": best["accuracy"],
+        "ci95": best["ci95"],
+        "checkpoint": best["checkpoint"],
+        "checkpoint_iteration": best["checkpoint_iteration"],
+        "n_checkpoints": len(results),
+    }
+
+
 def _metrics_record(
-    config: ExperimentConfig, method: str, n_shot: int, seed: int, dataset: str, icfil: bool, best: dict, run: Path
+    config: ExperimentConfig, method: str, n_shot: int, seed: int, dataset: str, test_variant: TestVariant,
+    best: dict, run: Path,
 ) -> dict[str, Any]:
     mt = config.meta_test
     record: dict[str, Any] = {
         "method": method, "dataset": dataset, "n_way": mt.n_way, "n_shot": n_shot, "n_query": mt.n_query,
-        "seed": seed, "icfil": icfil,
+        "seed": seed, "icfil": test_variant.icfil, "test_variant": test_variant.name,
     }
-    if icfil:
+    if test_variant.icfil:
         record["icfil_note"] = ICFIL_NOTE
     record |= {
         "selection": BEST_ON_TEST_LABEL if mt.selection == "best-on-test" else mt.selection,
@@ -377,7 +486,8 @@ def _metrics_record(
         "accuracies": best["accuracies"],
         "seconds_per_episode": best["seconds_per_episode"],
         "seconds_total": best["seconds_total"],
-        "inner_steps": mt.inner_steps,
+        "inner_steps": test_variant.inner_steps,
+        "calibration": test_variant.calibration,
         "learner": best["learner"],
         "n_teachers": n_teachers(config, run),
         "teacher_weighting": config.meta_train.inversion.teacher_weighting,
@@ -403,6 +513,7 @@ def average_metrics(per_dataset: Sequence[dict[str, Any]]) -> dict[str, Any]:
     first = per_dataset[0]
     k = len(per_dataset)
     record = {key: first[key] for key in ("method", "n_way", "n_shot", "n_query", "seed", "icfil", "selection")}
+    record["test_variant"] = first.get("test_variant", "icfil" if first["icfil"] else PLAIN)
     if first.get("icfil_note"):
         record["icfil_note"] = first["icfil_note"]
     record |= {
@@ -417,8 +528,10 @@ def average_metrics(per_dataset: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def write_average(run: str | Path, per_dataset: Sequence[dict[str, Any]], icfil: bool, out_dir: str | Path | None = None) -> dict:
-    """Write ``test/average/{plain,icfil}/metrics.json`` (or ``out_dir/metrics.json``) atomically."""
+def write_average(
+    run: str | Path, per_dataset: Sequence[dict[str, Any]], icfil: bool | str, out_dir: str | Path | None = None
+) -> dict:
+    """Write ``test/average/<variant>/metrics.json`` (or ``out_dir/metrics.json``) atomically."""
     record = average_metrics(per_dataset)
     out_dir = Path(out_dir) if out_dir is not None else paths.test_dir(Path(run), AVERAGE, icfil)
     with claim_output(out_dir, "meta-test output folder"):

@@ -1,12 +1,19 @@
 """Gather the pipeline's outputs (metrics, curves, grids, pool manifests) into data frames.
 
-One row per ``metrics.json`` (a meta-test of one run), then a summary per method variant, dataset
-and setting over seeds (algorithm.md §4):
+One row per ``metrics.json`` (a meta-test of one run, one test variant: plain, ICFIL or one of
+ICFIL's controls, purer/variants.py), then a summary per method variant, dataset and setting over
+seeds (algorithm.md §4):
 
 - one seed: that seed's accuracy and its per-episode 95% CI (``ci_kind = "episodes"``);
-- several seeds: the mean of the per-seed accuracies and ``1.96 * sigma / sqrt(n)`` across them,
-  with ``sigma`` the *population* standard deviation (divisor ``n``) of the ``n`` seed means
-  (``ci_kind = "seeds"``), matching the per-episode CI convention of the evaluation.
+- several seeds: the mean of the per-seed accuracies and the Student t interval
+  ``t_{0.975, n-1} * s / sqrt(n)`` across them, ``s`` the sample standard deviation (ddof 1) of
+  the ``n`` seed means (``ci_kind = "seeds"``); the per-seed values are kept (``seed_accuracies``).
+
+Paired differences (:func:`paired_differences`): every method sees the same fixed test episodes,
+so two results of the same run setting and seed are compared episode by episode (the episodes'
+digests must agree). Per seed, the mean per-episode difference and its t interval; over several
+seeds, the t interval of the per-seed mean differences. Compared: PURER − EI (per test variant),
+every non-plain variant − plain (per method), and ICFIL − each control (per method).
 """
 
 from __future__ import annotations
@@ -24,12 +31,21 @@ import pandas as pd
 
 from purer.errors import DataError, PurerError
 from purer.io import read_yaml, write_json
+from purer.statistics import paired_difference, t_interval
+from purer.variants import ICFIL, NOISE, PLAIN, SUPPORT, VARIANT_PATTERN
 
 logger = logging.getLogger(__name__)
 
 VARIANT_NAMES = {"purer": "PURER", "ei": "EI (no curriculum)", "random": "Random", "average": "Average"}
 METHOD_ORDER = ("random", "average", "ei", "purer")  # baselines first, the method last (paper style)
 ICFIL_NOTE = "ICFIL is a reconstruction of the paper's description (no official code)"
+VARIANT_SUFFIXES = {
+    PLAIN: "",
+    ICFIL: " + ICFIL",
+    NOISE: " + ICFIL on noise",
+    SUPPORT: " + support-only fine-tuning",
+}
+MAIN_VARIANTS = (PLAIN, ICFIL)  # the rows of the main table; the controls go to the ICFIL ablation
 SELECTION_NOTES = {
     "val": "checkpoint selected on the validation split",
     "best-on-test": "best-on-test, authors' protocol",
@@ -37,7 +53,8 @@ SELECTION_NOTES = {
 }
 # Columns that describe the experimental context of a row; the tables name them when they vary.
 CONTEXT = ("experiment", "scenario", "learner", "teacher_weighting", "n_teachers", "selection", "episodes")
-KEYS = CONTEXT + ("pool", "method", "variant", "icfil", "dataset", "n_way", "n_shot")
+KEYS = CONTEXT + ("pool", "method", "variant", "test_variant", "icfil", "dataset", "n_way", "n_shot")
+PAIR_KEYS = CONTEXT + ("pool", "dataset", "n_way", "n_shot")  # what two paired results share
 REQUIRED = ("method", "dataset", "n_way", "n_shot", "seed", "accuracy", "ci95")
 _SETTING = re.compile(r"^(\d+)w(\d+)s$")
 _SEED = re.compile(r"^seed(-?\d+)$")
@@ -59,10 +76,16 @@ class Run:
         return setting_label(self.n_way, self.n_shot)
 
 
-def variant_label(method: str, icfil: bool) -> str:
-    """Display name of a method variant, e.g. ``("purer", True) -> "PURER + ICFIL"``."""
+def variant_label(method: str, icfil: bool | str) -> str:
+    """Display name of a method variant, e.g. ``("purer", True) -> "PURER + ICFIL"``,
+    ``("purer", "plain-steps16") -> "PURER, 16 inner steps"``."""
     name = VARIANT_NAMES.get(method, method)
-    return f"{name} + ICFIL" if icfil else name
+    test_variant = icfil if isinstance(icfil, str) else (ICFIL if icfil else PLAIN)
+    if test_variant in VARIANT_SUFFIXES:
+        return name + VARIANT_SUFFIXES[test_variant]
+    if match := re.match(r"^plain-steps(\d+)$", test_variant):
+        return f"{name}, {match.group(1)} inner steps"
+    return f"{name} ({test_variant})"
 
 
 def setting_label(n_way: int, n_shot: int) -> str:
@@ -88,26 +111,37 @@ def collect_metrics(root: str | Path) -> pd.DataFrame:
     fills in what the file lacks.
 
     Returns:
-        A frame with columns ``KEYS + ("seed", "accuracy", "ci95", "path")``, accuracies in percent,
+        A frame with columns ``KEYS + ("seed", "accuracy", "ci95", "path")``, plus
+        ``accuracies`` (per-episode list or None), ``episodes_digest`` and the labelled
+        ``best_on_test_accuracy`` / ``best_on_test_ci95`` (NaN when absent); accuracies in percent,
         sorted by method order, dataset, setting and seed.
 
     Raises:
         DataError: no metrics under ``root`` (naming the folder), or a malformed file (naming it).
     """
     root = Path(root)
-    files = sorted(p for p in root.glob("**/test/*/*/metrics.json") if p.parent.name in ("plain", "icfil"))
+    files = sorted(p for p in root.glob("**/test/*/*/metrics.json") if VARIANT_PATTERN.match(p.parent.name))
     if not files:
         raise DataError(
             f"no metrics found under {root}: expected <pool>/<method>/<n_way>w<n_shot>s/seed<k>/"
-            "test/<dataset>/{plain,icfil}/metrics.json (run `purer meta-test` first)"
+            "test/<dataset>/<plain|icfil|control>/metrics.json (run `purer meta-test` first)"
         )
     frame = pd.DataFrame([_metrics_row(path, root) for path in files])
     frame["n_teachers"] = frame["n_teachers"].astype("Int64")
     frame["episodes"] = frame["episodes"].astype("Int64")
     frame["_rank"] = frame["method"].map(method_rank)
-    frame = frame.sort_values(["_rank", "icfil", "dataset", "n_way", "n_shot", "seed", "path"], kind="stable")
+    frame["_variant"] = frame["test_variant"].map(_variant_rank)
+    frame = frame.sort_values(["_rank", "_variant", "dataset", "n_way", "n_shot", "seed", "path"], kind="stable")
     logger.info("collected %d metrics files under %s", len(frame), root)
-    return frame.drop(columns="_rank").reset_index(drop=True)
+    return frame.drop(columns=["_rank", "_variant"]).reset_index(drop=True)
+
+
+def _variant_rank(name: str) -> tuple[int, int, str]:
+    """Display order: plain, the matched-step controls (by steps), support-only, noise, ICFIL."""
+    if match := re.match(r"^plain-steps(\d+)$", name):
+        return (1, int(match.group(1)), name)
+    order = {PLAIN: 0, SUPPORT: 2, NOISE: 3, ICFIL: 4}
+    return (order.get(name, 5), 0, name)
 
 
 def _metrics_row(path: Path, root: Path) -> dict[str, Any]:
@@ -121,6 +155,9 @@ def _metrics_row(path: Path, root: Path) -> dict[str, Any]:
     if missing:
         raise DataError(f"metrics file {path}: missing {missing} (neither in the file nor in its path)")
     icfil = bool(metrics.get("icfil", from_path["icfil"]))
+    test_variant = str(metrics.get("test_variant") or from_path["test_variant"])
+    best = metrics.get("best_on_test") if isinstance(metrics.get("best_on_test"), dict) else {}
+    accuracies = metrics.get("accuracies")
     row.update(
         experiment=from_path["experiment"],
         pool=from_path.get("pool") or "",
@@ -131,7 +168,12 @@ def _metrics_row(path: Path, root: Path) -> dict[str, Any]:
         selection=metrics.get("selection") or "val",
         episodes=metrics.get("episodes"),
         icfil=icfil,
-        variant=variant_label(str(row["method"]), icfil),
+        test_variant=test_variant,
+        variant=variant_label(str(row["method"]), test_variant),
+        accuracies=[float(a) for a in accuracies] if isinstance(accuracies, list) else None,
+        episodes_digest=metrics.get("episodes_digest"),
+        best_on_test_accuracy=float(best.get("accuracy", math.nan)),
+        best_on_test_ci95=float(best.get("ci95", math.nan)),
         path=str(path),
     )
     return _typed(row, path)
@@ -139,7 +181,7 @@ def _metrics_row(path: Path, root: Path) -> dict[str, Any]:
 
 def _path_fields(parts: tuple[str, ...], root: Path) -> dict[str, Any]:
     """Fields encoded in a metrics path relative to the searched root (missing ones are absent)."""
-    fields: dict[str, Any] = {"icfil": parts[-2] == "icfil", "dataset": parts[-3]}
+    fields: dict[str, Any] = {"icfil": parts[-2] in (ICFIL, NOISE), "test_variant": parts[-2], "dataset": parts[-3]}
     if len(parts) >= 5 and (match := _SEED.match(parts[-5])):
         fields["seed"] = int(match.group(1))
     if len(parts) >= 6 and (match := _SETTING.match(parts[-6])):
@@ -188,7 +230,9 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per group: the ``KEYS`` columns, ``setting``, ``accuracy`` (mean, percent), ``ci95``,
-        ``n_seeds``, ``ci_kind`` (``"episodes"`` or ``"seeds"``) and ``seeds`` (comma-separated).
+        ``n_seeds``, ``ci_kind`` (``"episodes"`` or ``"seeds"``), ``seeds`` (comma-separated),
+        ``seed_accuracies`` (``"seed:accuracy"`` pairs, ``;``-separated) and the labelled
+        best-on-test mean over seeds ``best_on_test`` (NaN where no run recorded it).
 
     Raises:
         DataError: the same seed appears twice in one group (naming both files).
@@ -200,6 +244,10 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
         row = {key: group.iloc[0][key] for key in keys}
         row.update(_seed_stats(group["accuracy"].to_numpy(), group["ci95"].to_numpy()))
         row["seeds"] = ",".join(str(s) for s in sorted(group["seed"]))
+        ordered = group.sort_values("seed")
+        row["seed_accuracies"] = ";".join(f"{s}:{a:.4f}" for s, a in zip(ordered["seed"], ordered["accuracy"], strict=True))
+        best = group["best_on_test_accuracy"].astype(float)
+        row["best_on_test"] = float(best.mean()) if best.notna().all() else math.nan
         row["setting"] = setting_label(int(row["n_way"]), int(row["n_shot"]))
         rows.append(row)
     summary = pd.DataFrame(rows)
@@ -209,17 +257,13 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def _seed_stats(accuracy: np.ndarray, ci95: np.ndarray) -> dict[str, Any]:
-    """Mean and 95% CI of per-seed accuracies ``[n]`` (percent); one seed keeps its episode CI."""
+    """Mean and 95% CI of per-seed accuracies ``[n]`` (percent); one seed keeps its episode CI,
+    several get the Student t interval (ddof 1) across seeds."""
     n = len(accuracy)
     if n == 1:
         return {"accuracy": float(accuracy[0]), "ci95": float(ci95[0]), "n_seeds": 1, "ci_kind": "episodes"}
-    sigma = float(np.std(accuracy, ddof=0))  # population sigma, as for the per-episode CI
-    return {
-        "accuracy": float(np.mean(accuracy)),
-        "ci95": 1.96 * sigma / math.sqrt(n),
-        "n_seeds": n,
-        "ci_kind": "seeds",
-    }
+    mean, half_width = t_interval(np.asarray(accuracy, dtype=float).tolist())
+    return {"accuracy": mean, "ci95": half_width, "n_seeds": n, "ci_kind": "seeds"}
 
 
 def _check_unique_seeds(group: pd.DataFrame) -> None:
@@ -255,8 +299,7 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, dict[str, float | int]]:
     out: dict[str, dict[str, float | int]] = {}
     for _, row in summary.iterrows():
         parts = [context_value(c, row[c]) for c in varying]
-        method = row["method"] + ("+icfil" if row["icfil"] else "")
-        parts += [row["dataset"], f"{row['n_way']}w{row['n_shot']}s", method]
+        parts += [row["dataset"], f"{row['n_way']}w{row['n_shot']}s", result_key(row["method"], row["test_variant"])]
         key = "/".join(parts)
         if key in out:
             raise DataError(f"two summary rows share the key {key!r} (results under different pools?)")
@@ -265,13 +308,139 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, dict[str, float | int]]:
             "ci95": round(float(row["ci95"]), 4),
             "n_seeds": int(row["n_seeds"]),
         }
+        if not pd.isna(row.get("best_on_test", math.nan)):
+            out[key]["best_on_test"] = round(float(row["best_on_test"]), 4)
     return out
 
 
-def write_summary(path: str | Path, summary: pd.DataFrame) -> Path:
-    """Atomically write :func:`summary_metrics` as JSON to ``path``."""
-    write_json(path, summary_metrics(summary))
+def result_key(method: str, test_variant: str) -> str:
+    """Short key of a method variant: ``purer``, ``purer+icfil``, ``purer+plain-steps16``."""
+    return method if test_variant == PLAIN else f"{method}+{test_variant}"
+
+
+def difference_metrics(differences: pd.DataFrame, varying: list[str]) -> dict[str, dict[str, Any]]:
+    """``summary.json`` entries of the paired differences, keyed like the accuracies with
+    ``<a> - <b>`` as the last component (e.g. ``glyphs/5w1s/purer - ei``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for _, row in differences.iterrows():
+        parts = [context_value(c, row[c]) for c in varying]
+        pair = f"{result_key(row['a_method'], row['a_variant'])} - {result_key(row['b_method'], row['b_variant'])}"
+        key = "/".join([*parts, row["dataset"], f"{row['n_way']}w{row['n_shot']}s", pair])
+        ci95 = float(row["ci95"])
+        out[key] = {
+            "difference": round(float(row["difference"]), 4),
+            "ci95": None if math.isnan(ci95) else round(ci95, 4),
+            "n_seeds": int(row["n_seeds"]),
+            "episodes": int(row["n_episodes"]),
+        }
+    return out
+
+
+def icfil_verdicts(differences: pd.DataFrame) -> pd.DataFrame:
+    """Whether ICFIL helps, per method and cell: only where it beats plain and *every* control
+    present with a paired 95% interval above zero (``helps``); ``controls`` counts them.
+
+    Returns:
+        One row per (``PAIR_KEYS``, method): ``helps`` (bool), ``controls`` (int), ``beaten`` (int).
+    """
+    rows = []
+    icfil = differences[(differences["a_variant"] == ICFIL) & (differences["a_method"] == differences["b_method"])]
+    for key, group in icfil.groupby([*PAIR_KEYS, "a_method"], dropna=False, sort=False):
+        lower = group["difference"] - group["ci95"].fillna(math.inf)
+        row = dict(zip([*PAIR_KEYS, "method"], key, strict=True))
+        beaten = int((lower > 0).sum())
+        row.update(controls=len(group), beaten=beaten, helps=bool(beaten == len(group) and len(group) > 1))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_summary(path: str | Path, summary: pd.DataFrame, differences: pd.DataFrame | None = None) -> Path:
+    """Atomically write :func:`summary_metrics` (and the paired differences and ICFIL verdicts,
+    when given) as JSON to ``path``."""
+    data: dict[str, Any] = summary_metrics(summary)
+    if differences is not None and not differences.empty:
+        varying = varying_context(summary)
+        data |= difference_metrics(differences, varying)
+        for _, row in icfil_verdicts(differences).iterrows():
+            parts = [context_value(c, row[c]) for c in varying]
+            key = "/".join([*parts, row["dataset"], f"{row['n_way']}w{row['n_shot']}s", f"{row['method']}+icfil verdict"])
+            data[key] = {"helps": bool(row["helps"]), "controls_beaten": int(row["beaten"]), "compared": int(row["controls"])}
+    write_json(path, data)
     return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Paired differences on the shared test episodes
+# --------------------------------------------------------------------------------------------
+
+
+def comparisons(metrics: pd.DataFrame) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """The (method, variant) pairs ``(a, b)`` whose difference ``a − b`` the report shows."""
+    present = set(zip(metrics["method"], metrics["test_variant"], strict=True))
+    pairs = []
+    for variant in sorted({v for _, v in present}, key=_variant_rank):
+        if ("purer", variant) in present and ("ei", variant) in present:
+            pairs.append((("purer", variant), ("ei", variant)))
+    for method in sorted({m for m, _ in present}, key=method_rank):
+        variants = sorted((v for m, v in present if m == method), key=_variant_rank)
+        pairs += [((method, v), (method, PLAIN)) for v in variants if v != PLAIN and (method, PLAIN) in present]
+        if (method, ICFIL) in present:
+            pairs += [((method, ICFIL), (method, v)) for v in variants if v not in (PLAIN, ICFIL)]
+    return pairs
+
+
+def paired_differences(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Paired per-episode differences for :func:`comparisons` (see the module docstring).
+
+    Results without per-episode accuracies are skipped. Two results are paired when they share
+    ``PAIR_KEYS`` and the seed.
+
+    Returns:
+        One row per comparison and cell: ``PAIR_KEYS``, ``setting``, ``a_method``, ``a_variant``,
+        ``b_method``, ``b_variant``, ``label`` (e.g. ``"PURER − EI"``), ``difference`` (percentage
+        points), ``ci95``, ``n_seeds``, ``ci_kind``, ``n_episodes``, ``seed_differences``.
+
+    Raises:
+        DataError: two paired results were scored on different episodes (naming both files).
+    """
+    usable = metrics[metrics["accuracies"].notna()]
+    rows = []
+    for a, b in comparisons(usable):
+        left = usable[(usable["method"] == a[0]) & (usable["test_variant"] == a[1])]
+        right = usable[(usable["method"] == b[0]) & (usable["test_variant"] == b[1])]
+        merged = left.merge(right, on=[*PAIR_KEYS, "seed"], suffixes=("_a", "_b"), how="inner")
+        for key, group in merged.groupby(list(PAIR_KEYS), dropna=False, sort=False):
+            per_seed = [_paired_seed(r) for _, r in group.sort_values("seed").iterrows()]
+            row = dict(zip(PAIR_KEYS, key, strict=True))
+            row.update(
+                setting=setting_label(int(row["n_way"]), int(row["n_shot"])),
+                a_method=a[0], a_variant=a[1], b_method=b[0], b_variant=b[1],
+                label=f"{variant_label(*a)} − {variant_label(*b)}",
+                n_episodes=len(group.iloc[0]["accuracies_a"]),
+                seed_differences=";".join(f"{s}:{d:.4f}" for s, (d, _) in zip(sorted(group["seed"]), per_seed, strict=True)),
+            )
+            if len(per_seed) == 1:
+                row.update(difference=per_seed[0][0], ci95=per_seed[0][1], n_seeds=1, ci_kind="episodes")
+            else:
+                mean, half_width = t_interval([d for d, _ in per_seed])
+                row.update(difference=mean, ci95=half_width, n_seeds=len(per_seed), ci_kind="seeds")
+            rows.append(row)
+    columns = [*PAIR_KEYS, "setting", "a_method", "a_variant", "b_method", "b_variant", "label", "difference",
+               "ci95", "n_seeds", "ci_kind", "n_episodes", "seed_differences"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _paired_seed(row: pd.Series) -> tuple[float, float]:
+    """(mean difference, t half-width) of one seed's paired results, after checking the pairing."""
+    a, b = row["accuracies_a"], row["accuracies_b"]
+    digests = (row["episodes_digest_a"], row["episodes_digest_b"])
+    known = all(isinstance(d, str) for d in digests)
+    if len(a) != len(b) or (known and digests[0] != digests[1]):
+        raise DataError(
+            f"cannot pair {row['path_a']} with {row['path_b']}: they were scored on different test episodes "
+            f"({len(a)} vs {len(b)} episodes, digests {digests[0]} vs {digests[1]}); re-run `purer meta-test`"
+        )
+    return paired_difference(a, b)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,14 +1,20 @@
 """Paper-style result tables: rows = methods, columns = settings, cells ``"52.13 ± 0.81"``.
 
 Each table is rendered as Markdown, LaTeX (booktabs) and CSV (long format, numeric ``mean``,
-``ci95``, ``n_seeds``). The best mean of each column (within a dataset) is in bold; ties at the
-printed precision are all bold. Every table carries notes: the selection protocol, the test
-episodes, the seeds and how the ``±`` was computed, and the ICFIL caveat when ICFIL rows appear.
+``ci95``, ``n_seeds``, per-seed values). Bold marks the best mean of a column only *within a
+comparable group* of at least two rows (same dataset, setting and test variant: plain rows against
+plain rows, ICFIL rows against ICFIL rows, never an ICFIL row against rows without it); ties at the
+printed precision are all bold. In the ICFIL ablation, bold marks ICFIL only where it beats plain
+and every control with a paired 95% interval above zero. Cells may carry a paired difference
+``(Δ +3.10 ± 1.20)`` against a reference row on the same episodes. Every table carries notes: the
+selection protocol, the test episodes, the seeds and how the ``±`` was computed, and the ICFIL
+caveat when ICFIL rows appear.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +26,28 @@ from purer.io import write_text
 from purer.report.aggregate import (
     CONTEXT,
     ICFIL_NOTE,
+    MAIN_VARIANTS,
+    PAIR_KEYS,
     SELECTION_NOTES,
+    _variant_rank,
     context_value,
+    icfil_verdicts,
     method_rank,
     varying_context,
 )
+from purer.variants import ICFIL, PLAIN
 
 logger = logging.getLogger(__name__)
 
 DECIMALS = 2
 MISSING = "—"
-SEED_CI = "1.96·σ/√n"  # the across-seeds CI formula, as printed in the notes
+SEED_CI = "t·s/√n"  # the across-seeds CI formula (Student t, ddof 1), as printed in the notes
 FACTOR_HEADERS = {"learner": "Learner", "teacher_weighting": "Teacher weighting", "scenario": "Scenario"}
 CSV_COLUMNS = (
     ["dataset", "label", "variant", "method", "icfil", "n_way", "n_shot", "setting"]
-    + ["mean", "ci95", "n_seeds", "ci_kind", "best"]
+    + ["mean", "ci95", "n_seeds", "ci_kind", "best", "delta", "delta_ci95"]
     + list(CONTEXT)
-    + ["pool", "seeds"]
+    + ["pool", "seeds", "seed_values"]
 )
 
 
@@ -52,6 +63,7 @@ class Table:
             matching ``headers``), ``mean`` and ``best`` (bool).
         settings: column titles in order, e.g. ``("5-way 1-shot", "5-way 5-shot")``.
         notes: footnote sentences.
+        signed: cells are differences (printed with a sign).
     """
 
     name: str
@@ -60,6 +72,7 @@ class Table:
     cells: pd.DataFrame
     settings: tuple[str, ...]
     notes: tuple[str, ...]
+    signed: bool = False
 
     @property
     def datasets(self) -> list[str]:
@@ -82,42 +95,158 @@ class Table:
 # --------------------------------------------------------------------------------------------
 
 
-def build_tables(summary: pd.DataFrame) -> list[Table]:
-    """All tables the data supports: ``main``, the ablations and the factor tables.
+def build_tables(summary: pd.DataFrame, differences: pd.DataFrame | None = None) -> list[Table]:
+    """All tables the data supports: ``main``, the ablations, the differences and the factor tables.
 
     Args:
         summary: the frame of :func:`purer.report.aggregate.summarise`.
+        differences: the frame of :func:`purer.report.aggregate.paired_differences` (optional).
 
     Returns:
-        ``main`` always; ``ablation_curriculum`` when PURER and EI are both present;
-        ``ablation_icfil`` when a method has rows with and without ICFIL; ``learners``,
-        ``teacher_weighting`` and ``scenarios`` when that column has more than one value.
+        ``main`` always (plain and ICFIL rows); ``ablation_curriculum`` when PURER and EI are both
+        present (PURER's cells carry Δ vs EI); ``ablation_icfil`` when a method has plain and
+        ICFIL results (every variant, with Δ vs plain; bold = ICFIL beats plain and all controls);
+        ``differences`` when paired differences exist; ``selection`` when best-on-test numbers
+        were recorded beside the clean ones; ``learners``, ``teacher_weighting`` and
+        ``scenarios`` when that column has more than one value.
     """
-    tables = [make_table("main", "Few-shot test accuracy (%)", summary)]
-    plain = summary[~summary["icfil"].astype(bool)]
+    differences = differences if differences is not None else pd.DataFrame()
+    main_rows = summary[summary["test_variant"].isin(MAIN_VARIANTS)]
+    tables = [make_table("main", "Few-shot test accuracy (%)", main_rows)]
+    plain = summary[summary["test_variant"] == PLAIN]
     curriculum = plain[plain["method"].isin(["purer", "ei"])]
     if set(curriculum["method"]) == {"purer", "ei"}:
-        tables.append(make_table("ablation_curriculum", "Ablation: the curriculum (PURER vs EI)", curriculum))
+        cells = with_deltas(curriculum, differences, reference=lambda method, variant: ("ei", variant))
+        tables.append(make_table("ablation_curriculum", "Ablation: the curriculum (PURER vs EI)", cells))
     else:
         logger.info("skipping ablation_curriculum: needs both purer and ei results")
-    with_icfil = set(summary.loc[summary["icfil"].astype(bool), "method"]) & set(plain["method"])
+    with_icfil = set(summary.loc[summary["test_variant"] == ICFIL, "method"]) & set(plain["method"])
     if with_icfil:
         rows = summary[summary["method"].isin(sorted(with_icfil))]
-        tables.append(make_table("ablation_icfil", "Ablation: ICFIL at meta-test time", rows))
+        cells = with_deltas(rows, differences, reference=lambda method, variant: (method, PLAIN))
+        tables.append(icfil_ablation(cells, differences))
     else:
         logger.info("skipping ablation_icfil: no method has results both with and without ICFIL")
+    if not differences.empty:
+        tables.append(differences_table(differences))
+    if summary["best_on_test"].notna().any():
+        tables.append(selection_table(plain[plain["best_on_test"].notna()]))
     for factor, name in (
         ("learner", "learners"),
         ("teacher_weighting", "teacher_weighting"),
         ("scenario", "scenarios"),
     ):
-        rows = summary[summary[factor].notna()]
+        rows = main_rows[main_rows[factor].notna()]
         if rows[factor].nunique() > 1:
             title = f"Accuracy (%) by {FACTOR_HEADERS[factor].lower()}"
             tables.append(make_table(name, title, rows, factor))
         else:
             logger.info("skipping %s table: one value of %s", name, factor)
     return tables
+
+
+def with_deltas(
+    rows: pd.DataFrame, differences: pd.DataFrame, reference: Callable[[str, str], tuple[str, str]]
+) -> pd.DataFrame:
+    """``rows`` plus ``delta``/``delta_ci95``: the paired difference of each row against the row
+    ``reference(method, test_variant)`` of the same cell (NaN where there is none)."""
+    cells = rows.copy()
+    deltas, widths = [], []
+    for _, row in cells.iterrows():
+        match = pd.DataFrame()
+        if not differences.empty:
+            b_method, b_variant = reference(row["method"], row["test_variant"])
+            same = (differences["a_method"] == row["method"]) & (differences["a_variant"] == row["test_variant"])
+            same &= (differences["b_method"] == b_method) & (differences["b_variant"] == b_variant)
+            for key in PAIR_KEYS:
+                same &= _same(differences[key], row[key])
+            match = differences[same]
+        deltas.append(float(match.iloc[0]["difference"]) if not match.empty else math.nan)
+        widths.append(float(match.iloc[0]["ci95"]) if not match.empty else math.nan)
+    cells["delta"], cells["delta_ci95"] = deltas, widths
+    return cells
+
+
+def _same(column: pd.Series, value: object) -> pd.Series:
+    """Elementwise equality that treats missing values as equal."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return column.isna()
+    return column == value
+
+
+def icfil_ablation(cells: pd.DataFrame, differences: pd.DataFrame) -> Table:
+    """The ICFIL ablation: every variant of each method, Δ vs plain, bold only where ICFIL beats
+    plain and every control present (paired 95% interval above zero)."""
+    table = make_table("ablation_icfil", "Ablation: ICFIL and its controls at meta-test time", cells)
+    verdicts = icfil_verdicts(differences) if not differences.empty else pd.DataFrame()
+    best = []
+    for _, cell in table.cells.iterrows():
+        helps = False
+        if cell["test_variant"] == ICFIL and not verdicts.empty:
+            same = verdicts["method"] == cell["method"]
+            for key in PAIR_KEYS:
+                same &= _same(verdicts[key], cell[key])
+            helps = bool(verdicts[same]["helps"].any())
+        best.append(helps)
+    table.cells["best"] = best
+    notes = [n for n in table.notes if not n.startswith("Bold")]
+    notes.append(
+        "Δ: paired difference to the same method's plain adaptation on the same test episodes (95% t interval). "
+        "Controls: plain adaptation with more inner steps (ICFIL's update budget), ICFIL on N(0, 1) noise instead of "
+        "inverted images, and ICFIL's extra updates on the real support only. Bold: ICFIL beats plain and every "
+        "control (paired interval above zero); "
+        + ("it does in the bold cells." if any(best) else "it does in no cell.")
+    )
+    return Table(table.name, table.title, table.headers, table.cells, table.settings, tuple(notes))
+
+
+def differences_table(differences: pd.DataFrame) -> Table:
+    """Every paired difference as a table: rows = comparisons, cells ``+3.10 ± 1.20`` (points)."""
+    cells = differences.copy()
+    cells["variant"] = cells["label"]
+    cells["method"], cells["icfil"] = cells["a_method"], cells["a_variant"] == ICFIL
+    cells["mean"], cells["best"] = cells["difference"], False
+    cells["seeds"] = [";".join(p.split(":")[0] for p in str(v).split(";")) for v in cells["seed_differences"]]
+    cells["seed_values"] = cells["seed_differences"]
+    cells["delta"], cells["delta_ci95"] = math.nan, math.nan
+    varying = varying_context(cells)
+    cells["labels"] = [_labels(row, None, varying) for _, row in cells.iterrows()]
+    cells["_order"] = [
+        (row["dataset"], method_rank(row["a_method"]), _variant_rank(row["a_variant"]),
+         method_rank(row["b_method"]), _variant_rank(row["b_variant"]))
+        for _, row in cells.iterrows()
+    ]
+    cells = cells.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    settings = sorted(set(cells["setting"]), key=lambda s: _setting_order(cells, s))
+    notes = [
+        "Paired differences in percentage points on the shared test episodes (a − b per episode, then the mean).",
+        "± with one seed: 95% Student t interval over the per-episode differences; with several seeds: "
+        "95% Student t interval over the per-seed mean differences.",
+        "No bold: the rows are not comparable with each other.",
+    ]
+    if cells["icfil"].any() or cells["b_variant"].eq(ICFIL).any():
+        notes.insert(0, f"{ICFIL_NOTE}.")
+    title = "Paired differences (points)"
+    datasets = list(dict.fromkeys(cells["dataset"]))
+    if len(datasets) == 1:
+        title = f"{title} on {datasets[0]}"
+    return Table("differences", title, ("Comparison",), cells, tuple(settings), tuple(notes), signed=True)
+
+
+def selection_table(plain: pd.DataFrame) -> Table:
+    """Clean (validation-selected) accuracy beside the best-on-test one, labelled as biased."""
+    clean = plain.copy()
+    clean["variant"] = clean["variant"] + " — selected on validation"
+    biased = plain.copy()
+    biased["variant"] = biased["variant"] + " — best-on-test (biased)"
+    biased["accuracy"], biased["ci95"] = biased["best_on_test"], math.nan
+    biased["test_variant"] = "best-on-test"  # its own bold group
+    table = make_table("selection", "Checkpoint selection: clean vs best-on-test", pd.concat([clean, biased]))
+    notes = [n for n in table.notes if not n.startswith("Selection")]
+    notes.insert(0, "Selection: clean = checkpoint selected on the validation split (the number to report); "
+                 "best-on-test = the maximum test accuracy over every saved checkpoint, the authors' protocol, "
+                 "optimistically biased (no interval: a maximum over checkpoints).")
+    return Table(table.name, table.title, table.headers, table.cells, table.settings, tuple(notes))
 
 
 def make_table(name: str, title: str, rows: pd.DataFrame, factor: str | None = None) -> Table:
@@ -128,6 +257,10 @@ def make_table(name: str, title: str, rows: pd.DataFrame, factor: str | None = N
     """
     varying = varying_context(rows, exclude=(factor,) if factor else ())
     cells = rows.copy()
+    for column in ("delta", "delta_ci95"):
+        if column not in cells:
+            cells[column] = math.nan
+    cells["seed_values"] = cells["seed_accuracies"] if "seed_accuracies" in cells else ""
     cells["labels"] = [_labels(row, factor, varying) for _, row in cells.iterrows()]
     cells["mean"] = cells["accuracy"]
     cells["_order"] = [_order(row, factor, varying) for _, row in cells.iterrows()]
@@ -157,7 +290,7 @@ def _labels(row: pd.Series, factor: str | None, varying: list[str]) -> tuple[str
 
 def _order(row: pd.Series, factor: str | None, varying: list[str]) -> tuple:
     context = tuple(_sortable(row[c]) for c in ([factor] if factor else []) + varying)
-    return (row["dataset"], context, method_rank(row["method"]), bool(row["icfil"]), row["variant"])
+    return (row["dataset"], context, method_rank(row["method"]), _variant_rank(row["test_variant"]), row["variant"])
 
 
 def _sortable(value: object) -> tuple[int, str, float]:
@@ -175,10 +308,13 @@ def _setting_order(cells: pd.DataFrame, setting: str) -> tuple[int, int]:
 
 
 def _best(cells: pd.DataFrame) -> pd.Series:
-    """True for the best mean of each (dataset, setting) at the printed precision (ties all True)."""
+    """True for the best mean of each comparable group (dataset, setting, test variant) of at least
+    two rows, at the printed precision (ties all True)."""
     rounded = cells["mean"].round(DECIMALS)
-    best = rounded.groupby([cells["dataset"], cells["setting"]]).transform("max")
-    return rounded == best
+    groups = [cells["dataset"], cells["setting"], cells["test_variant"]]
+    best = rounded.groupby(groups).transform("max")
+    size = rounded.groupby(groups).transform("size")
+    return (rounded == best) & (size >= 2)
 
 
 def table_notes(cells: pd.DataFrame) -> list[str]:
@@ -192,12 +328,14 @@ def table_notes(cells: pd.DataFrame) -> list[str]:
     if episodes:
         notes.append("Test episodes per run: " + ", ".join(str(e) for e in episodes) + ".")
     notes.append(_seed_note(cells["n_seeds"]))
-    notes.append("Best per column in bold.")
+    if cells["delta"].notna().any():
+        notes.append("Δ: paired difference (points) to the reference row on the same test episodes, 95% t interval.")
+    notes.append("Bold: best per column within rows of the same test variant (plain with plain, ICFIL with ICFIL).")
     return notes
 
 
 def _seed_note(n_seeds: pd.Series) -> str:
-    across = f"± is {SEED_CI} across the per-seed accuracies (population σ)"
+    across = f"± is the 95% Student interval {SEED_CI} across the per-seed accuracies (s with ddof 1)"
     within = "± is the 95% CI over test episodes"
     low, high = int(n_seeds.min()), int(n_seeds.max())
     if high == 1:
@@ -213,9 +351,11 @@ def _seed_note(n_seeds: pd.Series) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def format_cell(mean: float, ci95: float) -> str:
-    """``"52.13 ± 0.81"`` at :data:`DECIMALS` decimals."""
-    return f"{mean:.{DECIMALS}f} ± {ci95:.{DECIMALS}f}"
+def format_cell(mean: float, ci95: float, signed: bool = False) -> str:
+    """``"52.13 ± 0.81"`` at :data:`DECIMALS` decimals (``"+3.10 ± 1.20"`` when ``signed``;
+    no ``±`` part when ``ci95`` is NaN)."""
+    text = f"{mean:+.{DECIMALS}f}" if signed else f"{mean:.{DECIMALS}f}"
+    return text if math.isnan(ci95) else f"{text} ± {ci95:.{DECIMALS}f}"
 
 
 def _cell_texts(table: Table, dataset: str, labels: tuple[str, ...]) -> list[tuple[str, bool] | None]:
@@ -223,7 +363,13 @@ def _cell_texts(table: Table, dataset: str, labels: tuple[str, ...]) -> list[tup
     out: list[tuple[str, bool] | None] = []
     for setting in table.settings:
         cell = table.cell(dataset, labels, setting)
-        out.append(None if cell is None else (format_cell(cell["mean"], cell["ci95"]), bool(cell["best"])))
+        if cell is None:
+            out.append(None)
+            continue
+        text = format_cell(cell["mean"], cell["ci95"], table.signed)
+        if not math.isnan(cell["delta"]):
+            text += f" (Δ {format_cell(cell['delta'], cell['delta_ci95'], signed=True)})"
+        out.append((text, bool(cell["best"])))
     return out
 
 
@@ -299,6 +445,8 @@ _LATEX_SPECIAL = {
     "·": r"$\cdot$",
     "–": "--",
     "—": "---",
+    "−": "$-$",
+    "Δ": r"$\Delta$",
 }
 
 
@@ -306,7 +454,7 @@ def latex_escape(text: str) -> str:
     """Escape LaTeX special characters and map the few Unicode symbols the tables use."""
     pieces = str(text).split(SEED_CI)
     escaped = ["".join(_LATEX_SPECIAL.get(ch, ch) for ch in piece) for piece in pieces]
-    return "$1.96\\,\\sigma/\\sqrt{n}$".join(escaped)
+    return "$t\\,s/\\sqrt{n}$".join(escaped)
 
 
 def render_csv(table: Table) -> str:
@@ -315,6 +463,8 @@ def render_csv(table: Table) -> str:
     frame["label"] = [labels[-1] for labels in frame["labels"]]
     frame["mean"] = frame["mean"].astype(float).round(6)
     frame["ci95"] = frame["ci95"].astype(float).round(6)
+    frame["delta"] = frame["delta"].astype(float).round(6)
+    frame["delta_ci95"] = frame["delta_ci95"].astype(float).round(6)
     return frame[CSV_COLUMNS].to_csv(index=False, lineterminator="\n")
 
 

@@ -16,6 +16,7 @@ try:
     from purer.config import load_config, read_yaml, to_dict
     from purer.errors import PurerError
     from purer.models.pool import n_teachers
+    from purer.variants import CONTROL_PATTERN, grid_variants
 except ImportError as exc:
     if exc.name == "purer":
         raise WorkflowError(
@@ -85,6 +86,7 @@ wildcard_constraints:
     n_shot=r"\d+",
     seed=r"\d+",
     dataset=r"[A-Za-z0-9_.+-]+",
+    control=CONTROL_PATTERN,
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,6 +128,7 @@ CODE = {
     "pool": code("cli/pool.py", "models/pool.py", "models/pretrain.py", "models/backbones.py", "data/cache.py"),
     "meta_train": code(
         "cli/meta_train.py",
+        "variants.py",
         "meta/train.py",
         "meta/steps.py",
         "meta/checkpoint.py",
@@ -145,6 +148,7 @@ CODE = {
     ),
     "meta_test": code(
         "cli/meta_test.py",
+        "variants.py",
         "meta/evaluate.py",
         "meta/calibration.py",
         "meta/learners.py",
@@ -153,7 +157,9 @@ CODE = {
         "data/episodes.py",
         "data/cache.py",
     ),
-    "report": code("cli/report.py", "report/aggregate.py", "report/tables.py", "report/figures.py"),
+    "report": code(
+        "cli/report.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py", "variants.py"
+    ),
 }
 
 
@@ -189,6 +195,7 @@ META_MODEL = f"{RUN}/meta_model.pt"
 RUN_SUMMARY = f"{RUN}/summary.json"
 TEST_PLAIN = str(paths.test_dir(RUN, "{dataset}", False) / "metrics.json")
 TEST_ICFIL = str(paths.test_dir(RUN, "{dataset}", True) / "metrics.json")
+TEST_CONTROL = str(paths.test_dir(RUN, "{dataset}", "{control}") / "metrics.json")  # ICFIL's controls
 
 REPORT_DIR = paths.report_dir(CFG)
 REPORT_SUMMARY = str(REPORT_DIR / "summary.json")
@@ -219,15 +226,13 @@ def grid_runs():
 
 
 def grid_tests():
-    """Every meta-test ``metrics.json``: plain ones, and ICFIL ones for ``grid.icfil_methods``."""
+    """Every meta-test ``metrics.json``: plain ones, and ICFIL ones with their controls for
+    ``grid.icfil_methods`` (purer.variants.grid_variants)."""
     files = []
     for method, n_shot, seed in grid_runs():
-        wildcards = dict(method=method, n_shot=n_shot, seed=seed)
+        run = paths.run_dir(CFG, method, n_shot, seed)
         for dataset in CFG.test_datasets:
-            if False in CFG.grid.icfil:
-                files.append(TEST_PLAIN.format(dataset=dataset, **wildcards))
-            if True in CFG.grid.icfil and method in CFG.grid.icfil_methods:
-                files.append(TEST_ICFIL.format(dataset=dataset, **wildcards))
+            files += [str(paths.test_dir(run, dataset, name) / "metrics.json") for name in grid_variants(CFG, method)]
     return files
 
 

@@ -1,7 +1,10 @@
-"""meta_test: evaluate each trained run on fixed episodes of each test dataset, with and without ICFIL."""
+"""meta_test: evaluate each trained run on fixed episodes of each test dataset: plain, with ICFIL, and
+ICFIL's controls (matched inner steps, noise images, support-only fine-tuning)."""
 
 # plain evaluations do not depend on the ICFIL settings
-PLAIN_TEST_SETTINGS = {k: v for k, v in to_dict(CFG.meta_test).items() if k != "icfil"}
+PLAIN_TEST_SETTINGS = {
+    k: v for k, v in to_dict(CFG.meta_test).items() if k not in ("icfil", "matched_steps", "episode_batch")
+}
 
 
 rule meta_test:
@@ -46,3 +49,26 @@ rule meta_test_icfil:
     shell:
         "purer meta-test --config {params.config:q} --method {wildcards.method} --n-shot {wildcards.n_shot} "
         "--seed {wildcards.seed} --dataset {wildcards.dataset:q} --icfil > {log:q} 2>&1"
+
+
+rule meta_test_control:
+    """The controls ICFIL must beat, on the same checkpoint and episodes (purer/variants.py)."""
+    input:
+        code=CODE["meta_test"],
+        model=META_MODEL,
+        data=lambda wildcards: cache(wildcards.dataset, "test"),
+    output:
+        TEST_CONTROL,
+    params:
+        config=CONFIGFILE,
+        settings=settings(CFG.meta_test, CFG.meta_train.learner, CFG.seed),
+    log:
+        f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_{{control}}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        "../envs/purer.yaml"
+    shell:
+        "purer meta-test --config {params.config:q} --method {wildcards.method} --n-shot {wildcards.n_shot} "
+        "--seed {wildcards.seed} --dataset {wildcards.dataset:q} --variant {wildcards.control} > {log:q} 2>&1"
