@@ -59,10 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(args: argparse.Namespace, precision: str, channels_last: bool):
     """The resident pool and pseudo data of the benchmark shape."""
 
-    from purer.inversion.batched import ResidentPool
     from purer.inversion.dataset import PseudoData
+    from purer.inversion.teacher_pool import ResidentPool
     from purer.models.backbones import build_backbone
-    from purer.models.pool import TeacherEntry
+    from purer.models.manifest import TeacherEntry
     from purer.seeding import make_generator, seed_everything
 
     seed_everything(0)

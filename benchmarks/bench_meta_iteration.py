@@ -204,7 +204,7 @@ def make_entries(scenario: Scenario, folder: Path, device: str) -> list:
     import torch
 
     from purer.models.backbones import build_backbone
-    from purer.models.pool import TeacherEntry
+    from purer.models.manifest import TeacherEntry
 
     classes = list(range(scenario.classes))
     blocks = [classes[i : i + 5] for i in range(0, len(classes), 5)][: scenario.teachers]
@@ -226,12 +226,12 @@ def make_entries(scenario: Scenario, folder: Path, device: str) -> list:
 
 
 def make_run(scenario: Scenario, variant: Variant, entries: list, folder: Path, device: str):
-    """The trainer's Run (method ``ei``, random init) for this pool; validation is never used."""
+    """The trainer's MetaTrainRun (method ``ei``, random init) for this pool; validation is never used."""
     from purer.config import ExperimentConfig, InversionConfig, LearnerConfig, MetaTrainConfig
     from purer.meta.init import MetaModelSpec
-    from purer.meta.train import Run
-    from purer.models.pool import Manifest
-    from purer.models.pretrain import resolve_device
+    from purer.meta.state import MetaTrainRun
+    from purer.models.manifest import Manifest
+    from purer.runtime import resolve_device
 
     inversion = InversionConfig(images_per_class=SPC, teacher_batching=variant.batching,
                                 teachers_per_step=variant.teachers_per_step)
@@ -241,7 +241,7 @@ def make_run(scenario: Scenario, variant: Variant, entries: list, folder: Path, 
                               compile=variant.compile, meta_train=mt)
     spec = MetaModelSpec("conv4", {"width": 32, "adaptive_pool": False}, N_WAY, scenario.size, 3)
     manifest = Manifest(folder / "manifest.yaml", (), tuple(entries))
-    return Run(config, "ei", N_SHOT, 0, folder / "run", resolve_device(device), manifest, spec, None, None, {}, {})
+    return MetaTrainRun(config, "ei", N_SHOT, 0, folder / "run", resolve_device(device), manifest, spec, None, None, {}, {})
 
 
 class Bench:
@@ -250,9 +250,9 @@ class Bench:
     def __init__(self, scenario: Scenario, variant: Variant, device: str, folder: Path) -> None:
         import torch
 
-        from purer.meta import steps, train
+        from purer.meta import engine, train
 
-        self.torch, self.train = torch, steps
+        self.torch, self.train = torch, engine
         self.scenario, self.variant, self.device = scenario, variant, torch.device(device)
         self.entries = make_entries(scenario, folder, device)
         self.run = make_run(scenario, variant, self.entries, folder, device)
@@ -292,7 +292,7 @@ class Bench:
         """A resident module, or (``reload``) one rebuilt from its checkpoint on disk."""
         if not self.variant.reload:
             return self.modules[position]
-        from purer.models.pool import load_teacher
+        from purer.models.manifest import load_teacher
 
         module = load_teacher(self.entries[position], self.device)
         if self.variant.teacher_grads:
@@ -303,7 +303,7 @@ class Bench:
 
     def reference_loss(self, order: list[int]):
         """Σ_j w_j L_inv,j over ``order`` by a per-teacher loop, or one vmapped pool."""
-        from purer.inversion.batched import ResidentPool
+        from purer.inversion.teacher_pool import ResidentPool
 
         v, st, config = self.variant, self.state, self.run.mt.inversion
         if v.batching == "vmap":
@@ -321,8 +321,8 @@ class Bench:
 
     def loop_loss(self, order: list[int], config):
         """The per-teacher loop of ``ResidentPool.reference_inversion_loss`` over ``self.teacher``."""
-        from purer.inversion.batched import teacher_weights
         from purer.inversion.losses import draw_shifts, inversion_terms, roll
+        from purer.inversion.teacher_pool import teacher_weights
         from purer.models.backbones import record_bn_stats
 
         torch, v, st = self.torch, self.variant, self.state
@@ -455,7 +455,7 @@ def useful_flops(bench: Bench) -> float:
     """Conv/linear FLOPs of every teacher's forward + input-backward (what the step needs), fp32."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from purer.inversion.batched import group_key
+    from purer.inversion.teacher_pool import group_key
 
     st, counted, total = bench.state, {}, 0.0
     tables = st.pool.tables(st.data)

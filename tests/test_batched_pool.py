@@ -20,9 +20,9 @@ from inversion_helpers import (
 
 from purer.config import InversionConfig
 from purer.errors import ConfigError
-from purer.inversion.batched import ResidentPool, _gathered, teacher_weights
 from purer.inversion.dataset import PseudoData
 from purer.inversion.losses import draw_shifts, inversion_terms, roll
+from purer.inversion.teacher_pool import ResidentPool, _gathered, teacher_weights
 from purer.models.backbones import record_bn_stats
 from purer.seeding import make_generator
 

@@ -6,9 +6,9 @@ import torch
 from inversion_helpers import loaded, mixed_pool_entries
 
 from purer.config import InversionConfig
-from purer.inversion.batched import ResidentPool, _to_device, teacher_weights
 from purer.inversion.dataset import PseudoData
 from purer.inversion.losses import draw_shifts, inversion_terms, roll
+from purer.inversion.teacher_pool import ResidentPool, _to_device, teacher_weights
 from purer.models.backbones import record_bn_stats
 from purer.seeding import make_generator
 

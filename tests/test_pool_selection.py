@@ -15,15 +15,8 @@ from purer.cli.main import main
 from purer.config import load_config
 from purer.errors import ConfigError
 from purer.models import pretrain
-from purer.models.pool import (
-    coverage,
-    cut_to_max_teachers,
-    kept_blocks,
-    load_manifest,
-    select_blocks,
-    teacher_specs,
-    write_manifest,
-)
+from purer.models.manifest import cut_to_max_teachers, load_manifest, write_manifest
+from purer.models.pool import coverage, kept_blocks, select_blocks, teacher_specs
 from purer.models.pretrain import (
     SELECTION,
     estimate_pool,

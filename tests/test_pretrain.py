@@ -11,7 +11,8 @@ from purer.config import load_config
 from purer.data.cache import load_split
 from purer.errors import DataError
 from purer.models import pretrain
-from purer.models.pool import TeacherEntry, load_teacher, teacher_spec
+from purer.models.manifest import TeacherEntry, load_teacher
+from purer.models.pool import teacher_spec
 from purer.models.pretrain import block_data, build_optimizer, build_teacher, resume_path, train_teacher
 
 

@@ -4,7 +4,7 @@ Per class c, the data step's image gradient is w̄_c · g_inv,c + a_c · g_rev,c
 unit-weight gradient of the inversion loss of c's teacher, g_rev,c that of −L_outer on the
 reversed episode, w̄_c the teacher weight and a_c the reversed coefficient. The per-class strength
 is ρ_c = a_c / w̄_c. It is measured here from the production pieces of the data step
-(purer.meta.steps) against unit-weight gradients computed independently, and compared with
+(purer.meta.engine) against unit-weight gradients computed independently, and compared with
 hand-derived values:
 
 - parity mode (``triangular``, ``adv_scale``): ρ = adv_scale / (K − j) for the classes of teacher j;
@@ -26,17 +26,16 @@ from inversion_helpers import entry, loaded
 
 from purer.config import CurriculumConfig, InversionConfig, LearnerConfig, MetaTrainConfig, load_config
 from purer.errors import ConfigError
-from purer.inversion.batched import ResidentPool
 from purer.inversion.curriculum import (
     GradientSwitch,
     class_strengths,
     effective_warmup,
     reversed_coefficients,
-    reversed_outer_loss,
 )
 from purer.inversion.dataset import PseudoData
-from purer.meta.learners import build_learner, meta_parameters
-from purer.meta.steps import data_step, gradient_ratios, inversion_loss_fn, reversed_term
+from purer.inversion.teacher_pool import ResidentPool
+from purer.meta.engine import data_step, gradient_ratios, inversion_loss_fn, reversed_term
+from purer.meta.learners import build_learner, meta_parameters, reversed_outer_loss
 from purer.models.backbones import build_backbone
 from purer.seeding import make_generator
 
@@ -53,7 +52,7 @@ def _entries(n_teachers: int, short_last: bool = False) -> list:
 
 
 def _run_state(entries: list, weighting: str, curriculum: CurriculumConfig, n_way: int | None = None):
-    """A minimal (run, state) pair for purer.meta.steps: resident pool, dynamic dataset, meta model.
+    """A minimal (run, state) pair for purer.meta.engine: resident pool, dynamic dataset, meta model.
 
     The reversed episode takes ``n_way`` classes (default: every class, so each class is measured).
     """

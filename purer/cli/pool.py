@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 
 from purer import paths
-from purer.cli.common import load, write_run_info
-from purer.cli.main import add_common_arguments
+from purer.cli.common import add_common_arguments, load, write_run_info
 from purer.config import ExperimentConfig
-from purer.models.pool import coverage, teacher_spec, teacher_specs, write_manifest
+from purer.models.manifest import write_manifest
+from purer.models.pool import coverage, teacher_spec, teacher_specs
 from purer.models.pretrain import estimate_pool, train_teacher
 from purer.outputs import POOL_FILES, check_output_folder
 from purer.seeding import seed_everything

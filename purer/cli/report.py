@@ -1,4 +1,4 @@
-"""Gather every ``metrics.json`` of an experiment into paper-style tables (Markdown, LaTeX, CSV),
+"""Gather the ``metrics.json`` of the configured grid (:func:`purer.pipeline.grid_tests`) into paper-style tables (Markdown, LaTeX, CSV),
 seaborn figures (PNG, PDF) and ``summary.json`` (DVC metrics)."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 
 from purer import paths
 from purer.cli import common
-from purer.cli.main import add_common_arguments
+from purer.cli.common import add_common_arguments
 from purer.errors import ConfigError
 from purer.io import atomic_dir, write_json
+from purer.pipeline import grid_tests
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--root",
         default=None,
         metavar="DIR",
-        help="folder searched for results (default: the experiment folder)",
+        help="read every meta-test under DIR instead of the configured grid's (default: the grid, in the experiment folder)",
     )
     parser.add_argument(
         "--out",
@@ -44,7 +45,9 @@ def run(args: argparse.Namespace) -> None:
     figures.check_formats(config.report.figure_formats)
     check_replaceable(out)
     # read and build everything first: a bad input leaves no partial report behind
-    collected = aggregate.collect_metrics(root)
+    # the pipeline's report reads exactly the configured grid; `--root DIR` reads every run under DIR
+    grid = None if args.root else grid_tests(config)
+    collected = aggregate.collect_metrics(root, grid)
     summary = aggregate.summarise(collected)
     differences = aggregate.paired_differences(collected)
     built_tables = tables.build_tables(summary, differences)

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from purer.config import InversionConfig
+from purer.data.episodes import Episode
 from purer.errors import CheckpointError, ConfigError
 from purer.io import atomic_path
-from purer.meta.learners import Episode
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Pure functions of their tensor arguments: no state, no devices, no global RNG. They contain no
 ``.item()`` and no data-dependent control flow, so they also run per teacher inside
-``torch.func.vmap`` (the batched pool, :mod:`purer.inversion.batched`).
+``torch.func.vmap`` (the batched pool, :mod:`purer.inversion.teacher_pool`).
 
 Per teacher T with images X (its classes' slice of the dynamic dataset) and relative targets y:
 

@@ -110,8 +110,8 @@ class ResidentPool:
     """All teachers of a pool, resident on ``device``, and their inversion loss.
 
     Args:
-        manifest: a :class:`purer.models.pool.Manifest`; loaded with
-            :func:`purer.models.pool.load_pool` unless ``loaded`` is given.
+        manifest: a :class:`purer.models.manifest.Manifest`; loaded with
+            :func:`purer.models.manifest.load_pool` unless ``loaded`` is given.
         device: where the teachers live.
         precision: ``"fp32"`` or ``"bf16"``. With bf16 the loop runs the teacher forwards under
             autocast; the vmapped groups (autocast does not reach inside ``vmap``) run with bf16
@@ -142,7 +142,7 @@ class ResidentPool:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision: unknown {precision!r} (valid: {list(PRECISIONS)})")
         if loaded is None:
-            from purer.models.pool import load_pool
+            from purer.models.manifest import load_pool
 
             loaded = load_pool(manifest, device)
         if not loaded:
