@@ -90,7 +90,7 @@ def test_best_weights_are_a_copy_not_the_last_epoch(tmp_path, monkeypatch):
     train_teacher(config, 0, tmp_path / "two.pt")  # 2 epochs: the weights after epoch 2
     after_two = torch.load(tmp_path / "two.pt", weights_only=False)["state_dict"]
     scores = iter([(0.2, 1.0), (0.9, 1.0), (0.1, 1.0)])
-    monkeypatch.setattr(pretrain, "evaluate", lambda *args: next(scores))
+    monkeypatch.setattr(pretrain, "teacher_accuracy", lambda *args: next(scores))
     three = load_config(path, ["pool.epochs=3"])
     train_teacher(three, 0, tmp_path / "three.pt")
     checkpoint = torch.load(tmp_path / "three.pt", weights_only=False)
