@@ -9,21 +9,17 @@ Everything that used to be kept by hand in several places is read from here:
   (workflow/rules/common.smk), so an edit reruns exactly the steps that run the edited module, and
   the meta-training resume fingerprint digests the meta-training step's modules
   (:func:`fingerprint_modules`);
-- the configured grid (:func:`grid_runs`, :func:`grid_tests`): the Snakemake targets, and the
-  ``metrics.json`` files the report reads (a run of an older grid left in the results folder is
-  not averaged in).
+- the configured grid is :mod:`purer.grid` (runs and meta-tests: the Snakemake targets and the
+  ``metrics.json`` files the report reads).
 
 The output layout itself is :mod:`purer.paths`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import get_args
 
-from purer import paths
-from purer.config import ExperimentConfig, Method
-from purer.variants import grid_variants
+from purer.config import Method
 
 METHODS: tuple[str, ...] = get_args(Method)  # ECI, EI (ECI without the switch), and two initialisations
 TRAINED = ("purer", "ei")
@@ -54,7 +50,7 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
         "meta/learners.py", "inversion/losses.py", "models/backbones.py",
         "data/episodes.py", "data/cache.py",
     ),
-    "report": ("cli/report.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py",
+    "report": ("cli/report.py", "grid.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py",
                "variants.py"),
 }
 
@@ -75,20 +71,3 @@ def fingerprint_modules() -> tuple[str, ...]:
         for module in STEP_MODULES["meta_train"]
         if module.endswith(".py") and not module.startswith("cli/")
     )
-
-
-def grid_runs(config: ExperimentConfig) -> list[tuple[str, int, int]]:
-    """(method, n_shot, seed) of every meta-training run in ``grid``."""
-    g = config.grid
-    return [(m, k, s) for m in g.methods for k in g.shots for s in g.seeds]
-
-
-def grid_tests(config: ExperimentConfig) -> list[Path]:
-    """Every meta-test ``metrics.json`` of the grid: for each run and test dataset, the plain test,
-    and ICFIL with its controls for ``grid.icfil_methods`` (:func:`purer.variants.grid_variants`)."""
-    files = []
-    for method, n_shot, seed in grid_runs(config):
-        run = paths.run_dir(config, method, n_shot, seed)
-        for dataset in config.test_datasets:
-            files += [paths.test_dir(run, dataset, name) / "metrics.json" for name in grid_variants(config, method)]
-    return files

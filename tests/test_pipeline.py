@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from purer import paths, pipeline
+from purer import grid, paths, pipeline
 from purer.cli import main as cli_main
 from purer.config import load_config
 from purer.meta import checkpoint
@@ -32,7 +32,7 @@ def grid_results(write_config):
     and three stale runs of an older grid beside them: a seed, a shot and a method outside the grid."""
     config_file = write_config({"grid": GRID})
     config = load_config(config_file)
-    for method, n_shot, seed in pipeline.grid_runs(config):
+    for method, n_shot, seed in grid.grid_runs(config):
         run = paths.run_dir(config, method, n_shot, seed)
         _metrics(paths.test_dir(run, "glyphs", "plain"), method, n_shot, seed, 40.0 + 10 * (method == "ei") + seed)
     for method, n_shot, seed in (("ei", 1, 7), ("ei", 5, 0), ("purer", 1, 0)):
@@ -45,7 +45,7 @@ def test_grid_tests_are_the_configured_runs_and_variants(grid_results):
     _, config = grid_results
     expected = [paths.test_dir(paths.run_dir(config, m, 1, s), "glyphs", "plain") / "metrics.json"
                 for m in ("ei", "random") for s in (0, 1)]
-    assert pipeline.grid_tests(config) == expected
+    assert grid.grid_tests(config) == expected
 
 
 def test_a_stale_run_outside_the_grid_is_not_in_the_report(grid_results, monkeypatch):
@@ -58,7 +58,7 @@ def test_a_stale_run_outside_the_grid_is_not_in_the_report(grid_results, monkeyp
     for name in ("main.csv", "main.md"):
         assert "99.0" not in (report / "tables" / name).read_text()
     read = sorted(entry["path"] for entry in json.loads((report / "inputs.json").read_text())["metrics"])
-    assert read == sorted(str(p) for p in pipeline.grid_tests(config))  # exactly the grid, no stale run
+    assert read == sorted(str(p) for p in grid.grid_tests(config))  # exactly the grid, no stale run
     # the mean over the two grid seeds (hand-computed): ei 50.0 and 51.0, random 40.0 and 41.0
     csv = (report / "tables" / "main.csv").read_text()
     assert "50.5" in csv and "40.5" in csv

@@ -1,4 +1,4 @@
-"""Gather the ``metrics.json`` of the configured grid (:func:`purer.pipeline.grid_tests`) into paper-style tables (Markdown, LaTeX, CSV),
+"""Gather the ``metrics.json`` of the configured grid (:func:`purer.grid.grid_tests`) into paper-style tables (Markdown, LaTeX, CSV),
 seaborn figures (PNG, PDF) and ``summary.json`` (DVC metrics)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from purer import paths
 from purer.cli import common
 from purer.cli.common import add_common_arguments
 from purer.errors import ConfigError
+from purer.grid import grid_tests
 from purer.io import atomic_dir, write_json
-from purer.pipeline import grid_tests
 
 logger = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ def method_rank(method: str) -> tuple[int, str]:
 
 def collect_metrics(root: str | Path, files: Sequence[Path] | None = None) -> pd.DataFrame:
     """One row per ``**/test/<dataset>/{plain,icfil}/metrics.json`` under ``root``, or per file of
-    ``files`` (the configured grid's, :func:`purer.pipeline.grid_tests`) that exists.
+    ``files`` (the configured grid's, :func:`purer.grid.grid_tests`) that exists.
 
     Fields inside ``metrics.json`` win; the run's path
     (``[<experiment>/]<pool>/<method>/<n_way>w<n_shot>s/seed<k>/test/<dataset>/<plain|icfil>/``)

@@ -12,7 +12,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 try:
-    from purer import paths, pipeline
+    from purer import grid, paths, pipeline
     from purer.config import load_config, read_yaml, to_dict
     from purer.errors import PurerError
     from purer.models.pool import n_teachers
@@ -177,13 +177,13 @@ VAL_SPLITS = [cache(name, "val") for name in CFG.pool.datasets]  # validation ep
 
 
 def grid_runs():
-    """(method, n_shot, seed) of every meta-training run in ``grid`` (purer.pipeline.grid_runs)."""
-    return pipeline.grid_runs(CFG)
+    """(method, n_shot, seed) of every meta-training run in ``grid`` (purer.grid.grid_runs)."""
+    return grid.grid_runs(CFG)
 
 
 def grid_tests():
-    """Every meta-test ``metrics.json`` of the grid (purer.pipeline.grid_tests); the report reads these."""
-    return [str(path) for path in pipeline.grid_tests(CFG)]
+    """Every meta-test ``metrics.json`` of the grid (purer.grid.grid_tests); the report reads these."""
+    return [str(path) for path in grid.grid_tests(CFG)]
 
 
 def grid_run_summaries():
