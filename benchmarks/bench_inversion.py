@@ -1,4 +1,4 @@
-"""Seconds per inversion data step: vmapped pool vs per-teacher loop (algorithm.md §8.3-8.4).
+"""Seconds per inversion data step: vmapped pool vs per-teacher loop (docs/method.md §8.3-8.4).
 
 One data step = the inversion loss of every teacher, its backward to the images, one Adam step
 (what ECI does once per meta-iteration). Teachers are randomly initialised Conv4s (speed does not

@@ -1,4 +1,4 @@
-"""Seconds per full ECI meta-iteration: the authors' cost profile vs ``purer meta-train`` (algorithm.md §2.8, §8).
+"""Seconds per full ECI meta-iteration: the authors' cost profile vs ``purer meta-train`` (docs/method.md §2.8, §8).
 
 One meta-iteration = the data step (inversion loss of every teacher, backward, one Adam step on
 the images) + the meta step (a meta-batch of 4 second-order MAML episodes, 5-way 1-shot, 15
@@ -8,7 +8,7 @@ per ``patience`` iterations and is not part of the timings.
 
 Variants (see ``VARIANTS``):
 
-- ``reference``: the cost profile of the authors' code (algorithm.md §8.1, §8.3, §8.5, §8.10):
+- ``reference``: the cost profile of the authors' code (docs/method.md §8.1, §8.3, §8.5, §8.10):
   every iteration each teacher is rebuilt and its checkpoint ``torch.load``-ed from disk, teachers
   run one by one in fp32 and contiguous memory, each call deep-copies the teacher and registers
   forward hooks on its BatchNorm layers that take the input statistics as the authors' hook does
@@ -399,7 +399,7 @@ class Bench:
 
 
 def authors_hooked_forward(module, x):
-    """The authors' teacher call (algorithm.md §8.2): deep-copy the teacher, register a forward hook
+    """The authors' teacher call (docs/method.md §8.2): deep-copy the teacher, register a forward hook
     on every BatchNorm layer that takes its input statistics as DeepInversion's hook does
     (``mean = x.mean([0, 2, 3])``, ``var = x.permute(1, 0, 2, 3).contiguous().view(C, -1).var(1,
     unbiased=False)``), run it. Returns (logits, [BNStats])."""

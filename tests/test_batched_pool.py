@@ -1,4 +1,4 @@
-"""The vmapped inversion loss equals the per-teacher loop (algorithm.md §2.3, §2.7, §8.3).
+"""The vmapped inversion loss equals the per-teacher loop (docs/method.md §2.3, §2.7, §8.3).
 
 Tolerances: fp32 totals, terms and image gradients agree to atol 1e-5 / rtol 1e-5 (the vmapped
 groups only sum in another order). bf16 is compared with fp32: totals to 1e-2 relative, image

@@ -1,4 +1,4 @@
-"""ICFIL (a reconstruction, algorithm.md §3.3): contrastive loss oracles, which parameters change, determinism."""
+"""ICFIL (a reconstruction, docs/method.md §3.3): contrastive loss oracles, which parameters change, determinism."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The gradient switch (algorithm.md §2.6) and the reversed outer loss."""
+"""The gradient switch (docs/method.md §2.6) and the reversed outer loss."""
 
 from __future__ import annotations
 

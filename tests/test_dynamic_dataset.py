@@ -1,4 +1,4 @@
-"""The dynamic dataset: layout, episodes, domains, optimiser state, grids (algorithm.md §2.2, §2.4)."""
+"""The dynamic dataset: layout, episodes, domains, optimiser state, grids (docs/method.md §2.2, §2.4)."""
 
 from __future__ import annotations
 

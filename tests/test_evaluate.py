@@ -1,4 +1,4 @@
-"""Meta-testing (algorithm.md §4): CI formula, scoring on fixed episodes, checkpoints, metrics.json, CLI."""
+"""Meta-testing (docs/method.md §4): CI formula, scoring on fixed episodes, checkpoints, metrics.json, CLI."""
 
 from __future__ import annotations
 

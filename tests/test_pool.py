@@ -15,7 +15,7 @@ from purer.models.backbones import build_backbone
 from purer.models.manifest import load_manifest, load_pool, load_teacher, write_manifest
 from purer.models.pool import n_teachers, partition_classes, teacher_spec, teacher_specs
 
-# ---------------------------------------------------------------- partition (algorithm.md §1.1)
+# ---------------------------------------------------------------- partition (docs/method.md §1.1)
 
 
 def test_disjoint_blocks_short_last():

@@ -1,4 +1,4 @@
-"""Teacher pre-training (algorithm.md §1.2): data split, recipe, best-by-copy, checkpoint, resume."""
+"""Teacher pre-training (docs/method.md §1.2): data split, recipe, best-by-copy, checkpoint, resume."""
 
 import json
 

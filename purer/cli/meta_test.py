@@ -8,7 +8,7 @@ ICFIL controls with ``--variant`` (``plain-steps<k>``, ``icfil-noise``, ``finetu
 support-only fine-tuning flag; see purer/variants.py). Without ``--dataset`` every test dataset of
 the config is evaluated separately and, when there are several, their mean is written to
 ``<run>/test/average/<variant>/metrics.json``. ``--out DIR`` replaces ``<run>/test``.
-ICFIL is a reconstruction of the paper's description (algorithm.md §3.3).
+ICFIL is a reconstruction of the paper's description (docs/method.md §3.3).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     add_run_arguments(parser, check_method=False)
     parser.add_argument("--dataset", default=None, help="test dataset (default: every test dataset of the config)")
-    parser.add_argument("--icfil", action="store_true", help="calibrate with ICFIL (a reconstruction, algorithm.md §3.3)")
+    parser.add_argument("--icfil", action="store_true", help="calibrate with ICFIL (a reconstruction, docs/method.md §3.3)")
     parser.add_argument(
         "--variant", default=None, metavar="NAME",
         help="test variant: plain, icfil, plain-steps<k> (k in meta_test.matched_steps), icfil-noise, finetune-support",

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train``, ``manifest`` and ``list`` actions, each with ``--config``/``--set``."""
     actions = parser.add_subparsers(dest="pool_command", metavar="<action>", required=True)
-    train = actions.add_parser("train", help="train one teacher (algorithm.md §1.2)")
+    train = actions.add_parser("train", help="train one teacher (docs/method.md §1.2)")
     add_common_arguments(train)
     train.add_argument("--teacher", "--block", dest="teacher", type=int, required=True, metavar="I",
                        help="teacher index, 0-based (= block index for disjoint pools)")

@@ -1,4 +1,4 @@
-"""Few-shot episodes from a cached split, with explicit generators (algorithm.md §4).
+"""Few-shot episodes from a cached split, with explicit generators (docs/method.md §4).
 
 An :class:`EpisodeSet` is a fixed, seeded list of episodes (class ids and image indices) for one
 (dataset, split, n_way, n_shot, n_query): generated once from ``derive_seed(seed, "episodes",

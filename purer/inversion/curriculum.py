@@ -1,4 +1,4 @@
-"""The gradient switch of ECI and the strength of the reversed outer loss (algorithm.md §2.6, §2.8).
+"""The gradient switch of ECI and the strength of the reversed outer loss (docs/method.md §2.6, §2.8).
 
 The dynamic dataset gets one Adam step per meta-iteration. Normally that step minimises the
 inversion loss only; when the :class:`GradientSwitch` is on, the reversed outer loss of one freshly
@@ -6,7 +6,7 @@ sampled, non-detached pseudo episode is added (:func:`purer.meta.learners.revers
 images towards tasks the current meta model finds harder. The switch turns off again right after
 that one step (:meth:`GradientSwitch.consume`).
 
-When the switch turns on (algorithm.md §2.6):
+When the switch turns on (docs/method.md §2.6):
 
 - **warm-up**: at meta-iteration ``it == warmup`` (iterations count from 1);
 - **plateau** ("the meta model converges"): for ``it > warmup`` and while the switch is off, the
@@ -93,7 +93,7 @@ def class_strengths(
 
 
 class GradientSwitch:
-    """Decides when the data step adds the reversed outer loss (algorithm.md §2.6).
+    """Decides when the data step adds the reversed outer loss (docs/method.md §2.6).
 
     Args:
         warmup: the meta-iteration at which the switch first turns on.

@@ -1,4 +1,4 @@
-"""The dynamic dataset of ECI: learnable images per class, and pseudo episodes (algorithm.md §2.2, §2.4).
+"""The dynamic dataset of ECI: learnable images per class, and pseudo episodes (docs/method.md §2.2, §2.4).
 
 A :class:`DynamicDataset` holds the images of one *domain* (image size, channels): a tensor
 ``images`` [C·spc, ch, s, s] drawn i.i.d. N(0, 1) in the teachers' normalised input space, never
@@ -9,7 +9,7 @@ is invariant to the order of a teacher's batch, so only the bookkeeping differs.
 :class:`PseudoData` gathers the domains of a pool (one per distinct (image_size, channels) of its
 teachers; MH pools have several), the Adam optimiser of all images (its state persists for the
 whole run) and their checkpoint state. A class belongs to the domain of its dataset; a class shared
-by several teachers (overlapping pools, algorithm.md §9) has one set of images. Only classes that at
+by several teachers (overlapping pools, docs/method.md §9) has one set of images. Only classes that at
 least one teacher knows get images.
 
 Pseudo episodes (§2.4) pick N distinct classes uniformly from all classes of one domain, then
@@ -19,7 +19,7 @@ the first n_shot as support. ``detach=True`` (meta-training episodes) cuts the g
 (``grad_scale``: the reversed step at ``curriculum.adv_strength``, purer.inversion.curriculum). With
 several domains a domain is drawn per episode with probability proportional to its number of classes.
 
-Resizing for MH pools (a design decision, algorithm.md §5): when the meta model's input differs
+Resizing for MH pools (a design decision, docs/method.md §5): when the meta model's input differs
 from a domain, episode images are resized with bilinear interpolation (``antialias=False``) and
 converted in normalised space: RGB → grey averages the three channels, grey → RGB replicates.
 """
@@ -47,7 +47,7 @@ DomainKey = tuple[int, int]  # (image_size, channels)
 
 
 def resolve_images_per_class(config: InversionConfig, n_shot: int, n_query: int) -> int:
-    """spc: ``config.images_per_class`` or, when unset, n_shot + n_query (algorithm.md §2.2)."""
+    """spc: ``config.images_per_class`` or, when unset, n_shot + n_query (docs/method.md §2.2)."""
     spc = config.images_per_class if config.images_per_class is not None else n_shot + n_query
     if spc < n_shot + n_query:
         raise ConfigError(
@@ -100,7 +100,7 @@ def scale_gradient(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 class DynamicDataset:
-    """Learnable images of one domain (algorithm.md §2.2).
+    """Learnable images of one domain (docs/method.md §2.2).
 
     Attributes:
         class_ids: global class ids, in layout order.
@@ -173,7 +173,7 @@ class DynamicDataset:
     def sample_rows(
         self, n_way: int, n_shot: int, n_query: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw an episode's rows (algorithm.md §2.4), vectorised.
+        """Draw an episode's rows (docs/method.md §2.4), vectorised.
 
         Returns:
             support rows [n_way·n_shot] and query rows [n_way·n_query], class by class, in the
@@ -209,7 +209,7 @@ class DynamicDataset:
         channels: int | None = None,
         grad_scale: torch.Tensor | None = None,
     ) -> Episode:
-        """A pseudo episode (algorithm.md §2.4); relative labels follow the drawn class order.
+        """A pseudo episode (docs/method.md §2.4); relative labels follow the drawn class order.
 
         Args:
             detach: True for meta-training episodes (no gradient to the images); False for the
@@ -263,7 +263,7 @@ def save_png(grid: torch.Tensor, path: str | Path) -> None:
 
 
 class PseudoData:
-    """All domains of a pool, their Adam optimiser and episode sampling (algorithm.md §2.2, §2.4, §5).
+    """All domains of a pool, their Adam optimiser and episode sampling (docs/method.md §2.2, §2.4, §5).
 
     Args:
         teachers: the pool's teacher entries (fields ``index``, ``dataset``, ``classes``,

@@ -1,4 +1,4 @@
-"""The resident teacher pool and the inversion loss of all teachers (algorithm.md §2.3, §2.7, §8.1-8.4).
+"""The resident teacher pool and the inversion loss of all teachers (docs/method.md §2.3, §2.7, §8.1-8.4).
 
 Every teacher is loaded once, frozen and in eval mode, and stays on the device. Teachers that share
 (architecture, arch_kwargs, num_outputs, image_size, channels, block length) form a *group*: their
@@ -14,7 +14,7 @@ slice is rolled before the vmap (one gather of all the group's rows, one roll pe
 stack). :meth:`ResidentPool.reference_inversion_loss` is the plain per-teacher loop over the
 resident modules with the *same* shifts, so both are equal up to float rounding.
 
-Teacher weighting (algorithm.md §2.7): ``equal`` sums the teachers' totals; ``triangular``
+Teacher weighting (docs/method.md §2.7): ``equal`` sums the teachers' totals; ``triangular``
 reproduces the reference code, teacher at position j of K (in the ``teachers`` order) weighs K − j.
 ``teachers`` (a subset, PURER-Plus ``teachers_per_step``) is drawn by the caller.
 
@@ -224,7 +224,7 @@ class ResidentPool:
         config: InversionConfig,
         teachers: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, Terms]:
-        """Σ_j w_j · L_inv,j over the teachers, vmapped per group (algorithm.md §2.3, §2.7).
+        """Σ_j w_j · L_inv,j over the teachers, vmapped per group (docs/method.md §2.3, §2.7).
 
         Args:
             data: the dynamic dataset (gradients flow to its images only).

@@ -1,4 +1,4 @@
-"""The ECI engine: one meta-iteration of data step, meta step and switch (algorithm.md §2.5-2.6, §2.8).
+"""The ECI engine: one meta-iteration of data step, meta step and switch (docs/method.md §2.5-2.6, §2.8).
 
 Everything works on a :class:`purer.meta.state.MetaTrainRun` (what is fixed) and a
 :class:`purer.meta.state.MetaTrainState` (what changes); :func:`train_iteration` runs the two steps,
@@ -38,7 +38,7 @@ def inversion_loss_fn(run: MetaTrainRun, state: MetaTrainState):
 
 
 def data_step(run: MetaTrainRun, state: MetaTrainState, iteration: int) -> tuple[dict[str, torch.Tensor], bool]:
-    """One Adam step on the images (algorithm.md §2.6), without a host-device synchronisation.
+    """One Adam step on the images (docs/method.md §2.6), without a host-device synchronisation.
 
     A non-finite loss or image gradient makes the fused Adam kernel skip the step on the device
     (its ``found_inf`` flag, as under AMP gradient scaling); :func:`train_iteration` reports it
@@ -57,7 +57,7 @@ def data_step(run: MetaTrainRun, state: MetaTrainState, iteration: int) -> tuple
     subset = teacher_subset(run, state)
     loss, terms = inversion_loss_fn(run, state)(state.data, state.generators["jitter"], mt.inversion, subset)
     images = state.data.parameters()
-    grads = torch.autograd.grad(loss, images, allow_unused=True)  # the images only (algorithm.md §8.5)
+    grads = torch.autograd.grad(loss, images, allow_unused=True)  # the images only (docs/method.md §8.5)
     nan = torch.full((), float("nan"), device=run.device)
     adv, ratios = nan, (nan, nan)
     reversed_on = state.switch.is_on
@@ -183,7 +183,7 @@ def check_outer_loss(run: MetaTrainRun, iteration: int, loss_outer: float) -> No
 
 
 def meta_step(run: MetaTrainRun, state: MetaTrainState) -> tuple[torch.Tensor, torch.Tensor]:
-    """``meta_batch_size`` episodes, summed outer losses, one Adam step (algorithm.md §2.5).
+    """``meta_batch_size`` episodes, summed outer losses, one Adam step (docs/method.md §2.5).
 
     Returns:
         The mean outer loss and the mean query accuracy (percent) of the meta-batch, 0-d tensors.

@@ -1,4 +1,4 @@
-"""The evaluation loop: adaptation, scoring, mean and 95% CI on fixed episodes (algorithm.md §4).
+"""The evaluation loop: adaptation, scoring, mean and 95% CI on fixed episodes (docs/method.md §4).
 
 Pure: it scores given parameters on given episodes and writes nothing. Meta-training validates
 with it (:mod:`purer.meta.train`); the meta-test step (:mod:`purer.meta.meta_test`) adds the
@@ -50,7 +50,7 @@ CalibrateBatch = Callable[[nn.Module, list[AdaptedState], list[Episode], list[in
 
 
 def confidence_interval(accuracies: Sequence[float]) -> tuple[float, float]:
-    """Mean and 95% half-width ``1.96 * sigma / sqrt(n)``, sigma the population std (algorithm.md §4).
+    """Mean and 95% half-width ``1.96 * sigma / sqrt(n)``, sigma the population std (docs/method.md §4).
 
     Args:
         accuracies: per-episode accuracies (percent in, percent out).
@@ -98,7 +98,7 @@ def normalised_images(split: SplitData, device: torch.device | str, input_size: 
 def adapt_first_order(
     learner: GradientLearner | ProtoNet, model: nn.Module, params: Params, episode: Episode, inner_steps: int
 ) -> AdaptedState:
-    """Test-time adaptation on the support set: first-order, no graph kept (algorithm.md §8 item 7).
+    """Test-time adaptation on the support set: first-order, no graph kept (docs/method.md §8 item 7).
 
     Gradients are enabled only for a gradient learner with ``inner_steps > 0``, and only the
     parameters it adapts require them (ANIL: the head); the returned state is detached.
@@ -125,7 +125,7 @@ def evaluate(
     calibrate_batch: CalibrateBatch | None = None,
     episode_batch: int = 1,
 ) -> dict[str, Any]:
-    """Score a meta model on fixed episodes (algorithm.md §4).
+    """Score a meta model on fixed episodes (docs/method.md §4).
 
     Args:
         model: the meta model (batch-statistics BN), on ``device``.

@@ -1,6 +1,6 @@
 """The meta model: its shape, a seeded random initialisation, and the FedAvg initialisation.
 
-Implements the initialisations of algorithm.md §2.5 and the training-free baselines of §6:
+Implements the initialisations of docs/method.md §2.5 and the training-free baselines of §6:
 
 - **random**: the backbone's own initialisation (§1.3), drawn from a seed derived from
   ``(seed, "meta_init")`` inside ``torch.random.fork_rng`` so the caller's global RNG is untouched
@@ -70,7 +70,7 @@ def meta_model_spec(config: ExperimentConfig, teachers: Sequence[Any], channels:
 
 
 def build_meta_model(spec: MetaModelSpec, seed: int, device: str | torch.device = "cpu") -> nn.Module:
-    """The meta model with its seeded random initialisation (algorithm.md §1.3), on ``device``.
+    """The meta model with its seeded random initialisation (docs/method.md §1.3), on ``device``.
 
     Module initialisers draw from the global RNG, so they run on CPU inside ``fork_rng`` with the
     seed ``derive_seed(seed, "meta_init")``: the same seed gives the same weights on any device.

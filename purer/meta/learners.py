@@ -1,4 +1,4 @@
-"""Functional meta-learners: MAML, first-order MAML, ANIL and ProtoNet (algorithm.md §2.5, §9).
+"""Functional meta-learners: MAML, first-order MAML, ANIL and ProtoNet (docs/method.md §2.5, §9).
 
 All learners work on a ``{name: tensor}`` parameter dict through ``torch.func.functional_call``,
 so the same meta model serves every episode and the outer gradient flows back to the dict.
@@ -223,11 +223,11 @@ def reversed_outer_loss(
 ) -> torch.Tensor:
     """``-adv_scale * L_outer`` of the current meta model on a non-detached pseudo episode.
 
-    The inner loop is always second-order (algorithm.md §2.6), so the support images receive
+    The inner loop is always second-order (docs/method.md §2.6), so the support images receive
     gradient through the adapted parameters and the query images through the outer loss. The meta
     parameters enter as detached copies: differentiate the result with
     ``torch.autograd.grad(loss, [images])`` only, so no gradient is computed or accumulated for the
-    meta model (algorithm.md §8 item 5).
+    meta model (docs/method.md §8 item 5).
 
     Args:
         learner: the meta-learner (a first-order one is run second-order here).

@@ -1,4 +1,4 @@
-"""The meta-test step: one trained run on fixed, seeded test episodes, plain or calibrated (algorithm.md §4).
+"""The meta-test step: one trained run on fixed, seeded test episodes, plain or calibrated (docs/method.md §4).
 
 The scoring itself is :func:`purer.meta.evaluate.evaluate`; this module chooses the checkpoints,
 builds the calibration hooks of the test variant (:mod:`purer.variants`, ICFIL:
@@ -55,7 +55,7 @@ from purer.variants import PLAIN, TestVariant, variant
 logger = logging.getLogger(__name__)
 
 ICFIL_NOTE = (
-    "ICFIL is a reconstruction of the paper's description (algorithm.md §3.3); "
+    "ICFIL is a reconstruction of the paper's description (docs/method.md §3.3); "
     "the authors released no ICFIL code."
 )
 BEST_ON_TEST_LABEL = "best-on-test (authors' protocol, optimistically biased)"
@@ -254,7 +254,7 @@ def best_on_test(
 
     Evaluates ``last.pt`` and ``snapshots/*.pt`` (``meta_model.pt``'s result ``clean`` is
     reused) on the same test episodes and returns the maximum, labelled as the authors'
-    optimistically biased protocol (algorithm.md §4).
+    optimistically biased protocol (docs/method.md §4).
     """
     results = [clean]
     for path in candidate_checkpoints(run, "best-on-test"):

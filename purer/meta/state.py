@@ -1,4 +1,4 @@
-"""What one meta-training run holds: the fixed set-up and the changing state (algorithm.md §2.8).
+"""What one meta-training run holds: the fixed set-up and the changing state (docs/method.md §2.8).
 
 :class:`MetaTrainRun` is fixed for the run (config, pool manifest, validation episodes, the
 checkpoint fingerprint); :class:`MetaTrainState` is everything that changes and that

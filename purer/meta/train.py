@@ -1,11 +1,11 @@
-"""ECI meta-training and the training-time baselines (algorithm.md §2.8, §6).
+"""ECI meta-training and the training-time baselines (docs/method.md §2.8, §6).
 
 Methods: ``purer`` (ECI: the dynamic dataset inverted from the pool plus the gradient switch),
 ``ei`` (the same inversion, the switch never fires), ``random`` (no meta-training: the seeded
 random initialisation is the meta model) and ``average`` (no meta-training: the FedAvg of the
 teachers, one architecture only).
 
-One meta-iteration (algorithm.md §2.8; run by the engine, :mod:`purer.meta.engine`):
+One meta-iteration (docs/method.md §2.8; run by the engine, :mod:`purer.meta.engine`):
 
 1. **data step**: the inversion loss of the pool (``teachers_per_step`` teachers if set), plus the
    reversed outer loss of a fresh non-detached pseudo episode when the switch is on; one Adam step

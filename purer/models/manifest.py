@@ -403,7 +403,7 @@ def load_teacher(entry: TeacherEntry, device: str | torch.device = "cpu") -> nn.
 
 
 def load_pool(manifest: Manifest, device: str | torch.device = "cpu") -> list[tuple[TeacherEntry, nn.Module]]:
-    """Load every teacher of ``manifest`` once, onto ``device`` (the resident pool, algorithm.md §8.1)."""
+    """Load every teacher of ``manifest`` once, onto ``device`` (the resident pool, docs/method.md §8.1)."""
     pool = [(entry, load_teacher(entry, device)) for entry in manifest.teachers]
     logger.info("loaded %d teachers from %s", len(pool), manifest.path)
     return pool

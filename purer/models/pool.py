@@ -1,6 +1,6 @@
 """The design of the pool of pre-trained teachers: class partition and teacher specs.
 
-Implements algorithm.md §1.1 (disjoint N-way blocks; PURER-Plus overlapping random sets, §9) with
+Implements docs/method.md §1.1 (disjoint N-way blocks; PURER-Plus overlapping random sets, §9) with
 global class ids over several datasets (docs/architecture.md, "Global class ids"). The pool
 manifest that every later step reads is :mod:`purer.models.manifest`; the pool resident on the
 device during inversion is :class:`purer.inversion.teacher_pool.ResidentPool`. Class counts come
@@ -30,7 +30,7 @@ PARTITIONS = ("disjoint", "overlapping")
 
 
 # --------------------------------------------------------------------------------------------
-# Partition and global class ids (algorithm.md §1.1, §9)
+# Partition and global class ids (docs/method.md §1.1, §9)
 # --------------------------------------------------------------------------------------------
 
 
@@ -43,7 +43,7 @@ def partition_classes(
 ) -> list[list[int]]:
     """Split class ids ``0..n_classes-1`` into the label sets of the teachers.
 
-    ``"disjoint"`` (PURER, algorithm.md §1.1): K = ceil(C / N) consecutive blocks; block i holds
+    ``"disjoint"`` (PURER, docs/method.md §1.1): K = ceil(C / N) consecutive blocks; block i holds
     ``[i*N, min(C, i*N + N))``, so the last block may be short. ``"overlapping"`` (PURER-Plus, §9):
     ``n_teachers`` sets of N distinct classes, each drawn uniformly with ``generator``. A drawn set
     keeps its drawn order, which is the order of the teacher's logits (as the reference
@@ -219,7 +219,7 @@ def _arch_kwargs(config: ExperimentConfig, architecture: str) -> dict[str, Any]:
 
 
 def teacher_specs(config: ExperimentConfig, with_cache_info: bool = True) -> list[TeacherSpec]:
-    """The teachers of the pool, in index order (algorithm.md §1.1).
+    """The teachers of the pool, in index order (docs/method.md §1.1).
 
     Architecture i is ``pool.architectures[i % len]``; ``pool.max_teachers`` keeps k of the blocks,
     chosen by ``pool.block_selection`` (:func:`kept_blocks`), renumbered ``0..k-1``.

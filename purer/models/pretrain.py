@@ -1,4 +1,4 @@
-"""Teacher pre-training (algorithm.md §1.2), with the reference bugs fixed (§8 item 13), resumable.
+"""Teacher pre-training (docs/method.md §1.2), with the reference bugs fixed (§8 item 13), resumable.
 
 One teacher is trained on its block's classes of the cached ``train`` split: for each class, the
 first ``1 - pool.val_fraction`` of its images (cache order) train and the rest validate; labels are
@@ -399,7 +399,7 @@ def train_teacher(
     out_path: str | Path | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
-    """Train teacher ``index`` of the pool (algorithm.md §1.2) and write its checkpoint.
+    """Train teacher ``index`` of the pool (docs/method.md §1.2) and write its checkpoint.
 
     Writes ``out_path`` (the checkpoint dict of docs/architecture.md, plus ``local_classes``,
     ``mean``, ``std``), ``teacher_XX.json`` (per-epoch history) beside it, and, while training,

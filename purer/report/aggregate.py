@@ -2,7 +2,7 @@
 
 One row per ``metrics.json`` (a meta-test of one run, one test variant: plain, ICFIL or one of
 ICFIL's controls, purer/variants.py), then a summary per method variant, dataset and setting over
-seeds (algorithm.md §4):
+seeds (docs/method.md §4):
 
 - one seed: that seed's accuracy and its per-episode 95% CI (``ci_kind = "episodes"``);
 - several seeds: the mean of the per-seed accuracies and the Student t interval

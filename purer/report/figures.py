@@ -172,7 +172,7 @@ def curves_figure(runs: list[Run]) -> Figure | None:
     """Smoothed train accuracy and outer loss, plus validation accuracy, vs meta-iteration.
 
     One column per method (PURER, EI, ...), one row per quantity, one line per run (hue =
-    setting); curriculum switch events (algorithm.md §2.6) are ticks along the bottom of each panel.
+    setting); curriculum switch events (docs/method.md §2.6) are ticks along the bottom of each panel.
     Returns None when no run has a curve.
     """
     frame, events = _curve_frames(runs)
