@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(args: argparse.Namespace, precision: str, channels_last: bool):
     """The resident pool and pseudo data of the benchmark shape."""
 
-    from purer.inversion.dataset import PseudoData
+    from purer.inversion.dataset import DynamicDataset
     from purer.inversion.teacher_pool import ResidentPool
     from purer.models.backbones import build_backbone
     from purer.models.manifest import TeacherEntry
@@ -78,7 +78,7 @@ def build(args: argparse.Namespace, precision: str, channels_last: bool):
         model = build_backbone("conv4", 5, 3, args.size, running_stats=True, width=32)
         loaded.append((entry, model.eval().requires_grad_(False)))
     pool = ResidentPool(None, args.device, precision, channels_last, loaded=loaded)
-    data = PseudoData(pool.teachers, args.spc, 0.25, make_generator(0, "bench", "data"), args.device)
+    data = DynamicDataset(pool.teachers, args.spc, 0.25, make_generator(0, "bench", "data"), args.device)
     return pool, data
 
 

@@ -32,7 +32,7 @@ from purer.inversion.curriculum import (
     effective_warmup,
     reversed_coefficients,
 )
-from purer.inversion.dataset import PseudoData
+from purer.inversion.dataset import DynamicDataset
 from purer.inversion.teacher_pool import ResidentPool
 from purer.meta.engine import data_step, gradient_ratios, inversion_loss_fn, reversed_term
 from purer.meta.learners import build_learner, meta_parameters, reversed_outer_loss
@@ -57,7 +57,7 @@ def _run_state(entries: list, weighting: str, curriculum: CurriculumConfig, n_wa
     The reversed episode takes ``n_way`` classes (default: every class, so each class is measured).
     """
     pool = ResidentPool(None, loaded=loaded(entries))
-    data = PseudoData(pool.teachers, SPC, 0.25, make_generator(0, "pseudo"))
+    data = DynamicDataset(pool.teachers, SPC, 0.25, make_generator(0, "pseudo"))
     n_way = data.n_classes if n_way is None else n_way
     mt = MetaTrainConfig(
         n_way=n_way, n_query=N_QUERY, learner=LearnerConfig(inner_lr=0.1),
@@ -76,13 +76,13 @@ def _run_state(entries: list, weighting: str, curriculum: CurriculumConfig, n_wa
     return run, state
 
 
-def _grads(loss: torch.Tensor, data: PseudoData) -> torch.Tensor:
+def _grads(loss: torch.Tensor, data: DynamicDataset) -> torch.Tensor:
     """The image gradient of the (single) domain, zeros where the loss does not reach."""
     (grad,) = torch.autograd.grad(loss, data.parameters(), allow_unused=True)
     return torch.zeros_like(data.parameters()[0]) if grad is None else grad
 
 
-def _per_class(grad: torch.Tensor, data: PseudoData) -> dict[int, torch.Tensor]:
+def _per_class(grad: torch.Tensor, data: DynamicDataset) -> dict[int, torch.Tensor]:
     domain = next(iter(data.domains.values()))
     return {c: grad[domain.rows([c])] for c in domain.class_ids}
 
@@ -282,7 +282,7 @@ def test_gradient_ratios_by_hand():
 
 def test_ce_per_teacher_marks_teachers_outside_the_step():
     pool = ResidentPool(None, loaded=loaded(_entries(3)))
-    data = PseudoData(pool.teachers, SPC, 0.25, make_generator(0, "pseudo"))
+    data = DynamicDataset(pool.teachers, SPC, 0.25, make_generator(0, "pseudo"))
     for method in (pool.inversion_loss, pool.reference_inversion_loss):
         _, terms = method(data, make_generator(0, "j"), InversionConfig(), [2, 0])
         values = terms["ce_per_teacher"]

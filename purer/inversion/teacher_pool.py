@@ -47,7 +47,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from purer.config import InversionConfig
 from purer.errors import ConfigError
-from purer.inversion.dataset import PseudoData
+from purer.inversion.dataset import DynamicDataset
 from purer.inversion.losses import TERM_NAMES, draw_shifts, inversion_terms, roll
 from purer.models.backbones import record_bn_stats
 
@@ -185,7 +185,7 @@ class ResidentPool:
             forward = tuple({k: _to_bf16(v) for k, v in d.items()} for d in forward)
         return _Group(positions, base, params, buffers, *forward, {p: t for t, p in enumerate(positions)})
 
-    def tables(self, data: PseudoData) -> _Tables:
+    def tables(self, data: DynamicDataset) -> _Tables:
         """Index tables of ``data`` for every teacher (built once per data object)."""
         tables = self._tables.get(data)
         if tables is None:
@@ -219,7 +219,7 @@ class ResidentPool:
 
     def inversion_loss(
         self,
-        data: PseudoData,
+        data: DynamicDataset,
         generator: torch.Generator,
         config: InversionConfig,
         teachers: Sequence[int] | None = None,
@@ -278,7 +278,7 @@ class ResidentPool:
 
     def reference_inversion_loss(
         self,
-        data: PseudoData,
+        data: DynamicDataset,
         generator: torch.Generator,
         config: InversionConfig,
         teachers: Sequence[int] | None = None,

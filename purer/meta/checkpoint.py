@@ -29,7 +29,7 @@ import torch
 
 from purer.config import ExperimentConfig, to_dict
 from purer.errors import CheckpointError
-from purer.inversion.dataset import PseudoData, domain_name, save_png
+from purer.inversion.dataset import DynamicDataset, domain_name, save_png
 from purer.io import load_torch, save_torch, write_json, write_text
 from purer.pipeline import fingerprint_modules
 
@@ -195,7 +195,7 @@ def grid_iterations(iterations: int, snapshots: int) -> set[int]:
     return {max(1, round(iterations * k / snapshots)) for k in range(1, snapshots + 1)}
 
 
-def write_grids(data: PseudoData, folder: Path, iteration: int) -> None:
+def write_grids(data: DynamicDataset, folder: Path, iteration: int) -> None:
     """``grid_iterNNNNN.png``: synthesized images, one row per class (one more file per extra domain)."""
     per_class = min(8, data.images_per_class)
     for i, key in enumerate(data.domains):

@@ -19,7 +19,7 @@ import torch
 
 from purer.errors import PurerError
 from purer.inversion.curriculum import reversed_coefficients
-from purer.inversion.dataset import PseudoData
+from purer.inversion.dataset import DynamicDataset
 from purer.meta.learners import reversed_outer_loss
 from purer.meta.state import MetaTrainRun, MetaTrainState
 
@@ -96,7 +96,7 @@ def reversed_term(run: MetaTrainRun, state: MetaTrainState, subset: list[int] | 
 
 
 def gradient_ratios(
-    data: PseudoData, inversion: tuple[torch.Tensor | None, ...], reversed_: tuple[torch.Tensor | None, ...]
+    data: DynamicDataset, inversion: tuple[torch.Tensor | None, ...], reversed_: tuple[torch.Tensor | None, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Median and maximum of ‖g_rev,c‖ / ‖g_inv,c‖ over the classes both gradients reach.
 

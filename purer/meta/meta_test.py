@@ -126,24 +126,24 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load one checkpoint, check it fits the test set-up, and evaluate it as ``test_variant``."""
     model, params, info = load_meta_model(path, device)
-    mt = config.meta_test
-    check_compatible(info, path, mt.n_way, split, dataset)
+    mtest = config.meta_test
+    check_compatible(info, path, mtest.n_way, split, dataset)
     learner_info = dict(info["learner"])
     # `is None`, not `or`: an explicit value is used as given, as in validation (0 is refused by the config)
-    inner_lr = float(learner_info["inner_lr"]) if mt.inner_lr is None else mt.inner_lr
+    inner_lr = float(learner_info["inner_lr"]) if mtest.inner_lr is None else mtest.inner_lr
     learner = build_learner(learner_info["algorithm"], inner_lr, bool(learner_info.get("first_order", False)))
     calibrate, calibrate_batch = None, None
     if test_variant.icfil:
         noise = test_variant.calibration == "noise"
-        if mt.episode_batch > 1:  # one vmapped inversion and calibration per group (faster on GPUs)
-            calibrate_batch = icfil_batch_hook(config, dataset, mt.n_way, noise)
+        if mtest.episode_batch > 1:  # one vmapped inversion and calibration per group (faster on GPUs)
+            calibrate_batch = icfil_batch_hook(config, dataset, mtest.n_way, noise)
         else:  # per episode: faster on a small CPU (benchmarks/README.md)
-            calibrate = icfil_hook(config, dataset, mt.n_way, noise)
+            calibrate = icfil_hook(config, dataset, mtest.n_way, noise)
     elif test_variant.calibration == "support":
         calibrate = support_hook(config)
     result = evaluate(
         model, params, learner, split, episodes, test_variant.inner_steps, device, calibrate, int(info["input_size"]),
-        calibrate_batch, mt.episode_batch,
+        calibrate_batch, mtest.episode_batch,
     )
     learner_info["inner_lr"] = inner_lr
     return result | {
@@ -212,11 +212,11 @@ def meta_test(
     device = device or config.device
     run = Path(run) if run is not None else paths.run_dir(config, method, n_shot, seed)
     split = load_split(paths.dataset_cache(config, dataset, "test"))
-    mt = config.meta_test
-    episodes = fixed_episodes(split, mt.n_way, n_shot, mt.n_query, mt.episodes, seed=config.seed, name=f"{dataset}/test")
-    checkpoints = candidate_checkpoints(run, mt.selection)
+    mtest = config.meta_test
+    episodes = fixed_episodes(split, mtest.n_way, n_shot, mtest.n_query, mtest.episodes, seed=config.seed, name=f"{dataset}/test")
+    checkpoints = candidate_checkpoints(run, mtest.selection)
     for path in checkpoints:  # every input read and checked before the output folder is touched
-        check_compatible(load_meta_model(path)[2], path, mt.n_way, split, dataset)
+        check_compatible(load_meta_model(path)[2], path, mtest.n_way, split, dataset)
     teachers_used(config, run)
     out_dir = Path(out_dir) if out_dir is not None else paths.test_dir(run, dataset, test_variant.name)
     with claim_output(out_dir, "meta-test output folder"):  # writable, ours and unshared before the work
@@ -226,11 +226,11 @@ def meta_test(
         best = max(candidates, key=lambda result: result["accuracy"])
         metrics = _metrics_record(config, method, n_shot, seed, dataset, test_variant, best, run)
         metrics["episodes_digest"] = episodes_digest(episodes)
-        if mt.selection == "best-on-test":
+        if mtest.selection == "best-on-test":
             metrics["candidates"] = [
                 {k: c[k] for k in ("checkpoint", "checkpoint_iteration", "accuracy", "ci95")} for c in candidates
             ]
-        elif mt.best_on_test_beside and test_variant.name == PLAIN:
+        elif mtest.best_on_test_beside and test_variant.name == PLAIN:
             metrics["best_on_test"] = best_on_test(config, run, split, episodes, dataset, test_variant, device, best)
         write_run_info(out_dir, config, method=method, n_shot=n_shot, seed=seed, dataset=dataset,
                        icfil=test_variant.icfil, variant=test_variant.name)
@@ -275,15 +275,15 @@ def _metrics_record(
     config: ExperimentConfig, method: str, n_shot: int, seed: int, dataset: str, test_variant: TestVariant,
     best: dict, run: Path,
 ) -> dict[str, Any]:
-    mt = config.meta_test
+    mtest = config.meta_test
     record: dict[str, Any] = {
-        "method": method, "dataset": dataset, "n_way": mt.n_way, "n_shot": n_shot, "n_query": mt.n_query,
+        "method": method, "dataset": dataset, "n_way": mtest.n_way, "n_shot": n_shot, "n_query": mtest.n_query,
         "seed": seed, "icfil": test_variant.icfil, "test_variant": test_variant.name,
     }
     if test_variant.icfil:
         record["icfil_note"] = ICFIL_NOTE
     record |= {
-        "selection": BEST_ON_TEST_LABEL if mt.selection == "best-on-test" else mt.selection,
+        "selection": BEST_ON_TEST_LABEL if mtest.selection == "best-on-test" else mtest.selection,
         "checkpoint": best["checkpoint"],
         "checkpoint_iteration": best["checkpoint_iteration"],
         "val_accuracy": best["val_accuracy"],

@@ -19,7 +19,7 @@ from purer.config import ExperimentConfig, MetaTrainConfig
 from purer.data.cache import SplitData
 from purer.data.episodes import EpisodeSet
 from purer.inversion.curriculum import GradientSwitch
-from purer.inversion.dataset import PseudoData
+from purer.inversion.dataset import DynamicDataset
 from purer.inversion.teacher_pool import ResidentPool
 from purer.meta.init import MetaModelSpec
 from purer.meta.learners import EpisodeFn, GradientLearner, ProtoNet
@@ -58,7 +58,7 @@ class MetaTrainState:
     learner: GradientLearner | ProtoNet
     optimizer: torch.optim.Optimizer | None = None
     pool: ResidentPool | None = None
-    data: PseudoData | None = None
+    data: DynamicDataset | None = None
     switch: GradientSwitch | None = None
     generators: dict[str, torch.Generator] = field(default_factory=dict)
     iteration: int = 0

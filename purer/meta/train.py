@@ -45,7 +45,7 @@ from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes
 from purer.errors import ConfigError
 from purer.inversion.curriculum import GradientSwitch, class_strengths
-from purer.inversion.dataset import PseudoData
+from purer.inversion.dataset import DynamicDataset
 from purer.inversion.teacher_pool import ResidentPool
 from purer.io import append_jsonl, remove_stale_temporaries, save_torch
 from purer.meta import checkpoint as ckpt
@@ -193,7 +193,7 @@ def build_state(run: MetaTrainRun) -> MetaTrainState:
     model.requires_grad_(False)  # the trained parameters are ``params`` (functional calls)
     params = meta_parameters(model)
     teachers = run.manifest.teachers
-    data = PseudoData.from_config(teachers, mt.inversion, run.n_shot, mt.n_query, make_generator(run.seed, "data_init"),
+    data = DynamicDataset.from_config(teachers, mt.inversion, run.n_shot, mt.n_query, make_generator(run.seed, "data_init"),
                                   device)
     generators = {name: make_generator(run.seed, name, device=device if where == "device" else "cpu")
                   for name, where in GENERATORS.items()}
