@@ -47,7 +47,7 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
     "meta_test": (
         "cli/meta_test.py", "variants.py",
         "meta/meta_test.py", "meta/evaluate.py", "meta/model_file.py", "meta/calibration.py", "meta/init.py",
-        "meta/learners.py", "inversion/losses.py", "models/backbones.py",
+        "meta/learners.py", "inversion/losses.py", "models/manifest.py", "models/pool.py", "models/backbones.py",
         "data/episodes.py", "data/cache.py",
     ),
     "report": ("cli/report.py", "grid.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py",

@@ -39,6 +39,7 @@ from typing import Any
 
 from purer.config import CurriculumConfig
 from purer.inversion.teacher_pool import teacher_weights
+from purer.models.manifest import TeacherEntry
 
 
 def effective_warmup(curriculum: CurriculumConfig, iterations: int) -> int:
@@ -48,7 +49,7 @@ def effective_warmup(curriculum: CurriculumConfig, iterations: int) -> int:
     return int(curriculum.warmup)
 
 
-def class_inversion_weights(teachers: Sequence[Any], order: Sequence[int], weighting: str) -> dict[int, float]:
+def class_inversion_weights(teachers: Sequence[TeacherEntry], order: Sequence[int], weighting: str) -> dict[int, float]:
     """w̄_c of every class a data step inverts: the summed weights of its teachers in the step.
 
     Args:
@@ -64,7 +65,7 @@ def class_inversion_weights(teachers: Sequence[Any], order: Sequence[int], weigh
 
 
 def reversed_coefficients(
-    curriculum: CurriculumConfig, teachers: Sequence[Any], order: Sequence[int], weighting: str
+    curriculum: CurriculumConfig, teachers: Sequence[TeacherEntry], order: Sequence[int], weighting: str
 ) -> tuple[float, dict[int, float] | None]:
     """The reversed term's scalar coefficient and its per-class gradient multipliers (None: all 1).
 
@@ -80,7 +81,7 @@ def reversed_coefficients(
 
 
 def class_strengths(
-    curriculum: CurriculumConfig, teachers: Sequence[Any], order: Sequence[int], weighting: str
+    curriculum: CurriculumConfig, teachers: Sequence[TeacherEntry], order: Sequence[int], weighting: str
 ) -> dict[int, float]:
     """ρ_c = reversed coefficient / inversion coefficient of each class the step inverts.
 

@@ -40,6 +40,7 @@ from purer.config import InversionConfig
 from purer.data.episodes import Episode
 from purer.errors import CheckpointError, ConfigError
 from purer.io import atomic_path
+from purer.models.manifest import TeacherEntry
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class DynamicDataset:
 
     def __init__(
         self,
-        teachers: Sequence[Any],
+        teachers: Sequence[TeacherEntry],
         images_per_class: int,
         data_lr: float,
         generator: torch.Generator,
@@ -300,7 +301,7 @@ class DynamicDataset:
     @classmethod
     def from_config(
         cls,
-        teachers: Sequence[Any],
+        teachers: Sequence[TeacherEntry],
         config: InversionConfig,
         n_shot: int,
         n_query: int,

@@ -47,9 +47,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from purer.config import InversionConfig
 from purer.errors import ConfigError
-from purer.inversion.dataset import DynamicDataset
+from purer.inversion.dataset import Domain, DynamicDataset
 from purer.inversion.losses import TERM_NAMES, draw_shifts, inversion_terms, roll
 from purer.models.backbones import record_bn_stats
+from purer.models.manifest import Manifest, TeacherEntry, load_pool
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +86,13 @@ class _Tables:
     """Per-data index tables: each teacher's domain, rows [B], relative targets [B], and its rows as
     a (start, length) span when they are consecutive (class-major data: a teacher's block of classes)."""
 
-    domains: list[Any]
+    domains: list[Domain]
     rows: list[torch.Tensor]
     targets: list[torch.Tensor]
     spans: list[tuple[int, int] | None]
 
 
-def group_key(entry: Any) -> tuple:
+def group_key(entry: TeacherEntry) -> tuple:
     """Teachers with equal keys share a vmap (same module structure and batch size)."""
     kwargs = tuple(sorted((str(k), repr(v)) for k, v in dict(entry.arch_kwargs).items()))
     return (entry.architecture, kwargs, int(entry.num_outputs), int(entry.image_size), int(entry.channels), len(entry.classes))
@@ -132,18 +133,16 @@ class ResidentPool:
 
     def __init__(
         self,
-        manifest: Any = None,
+        manifest: Manifest | None = None,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         channels_last: bool = False,
-        loaded: Sequence[tuple[Any, nn.Module]] | None = None,
+        loaded: Sequence[tuple[TeacherEntry, nn.Module]] | None = None,
         compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision: unknown {precision!r} (valid: {list(PRECISIONS)})")
         if loaded is None:
-            from purer.models.manifest import load_pool
-
             loaded = load_pool(manifest, device)
         if not loaded:
             raise ConfigError("the teacher pool is empty")
