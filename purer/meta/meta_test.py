@@ -4,21 +4,9 @@ The scoring itself is :func:`purer.meta.evaluate.evaluate`; this module chooses 
 builds the calibration hooks of the test variant (:mod:`purer.variants`, ICFIL:
 :mod:`purer.meta.calibration`) and writes ``metrics.json``.
 
-Protocol:
-
-- Every method and seed is scored on the *same* test tasks: the episodes come from
-  :func:`purer.data.episodes.fixed_episodes` seeded with the experiment seed (``config.seed``),
-  never the run seed.
-- Per episode the meta model is adapted on the real support set with a **first-order** inner loop
-  (``create_graph=False``; gradients are taken only for the adaptation), optionally calibrated
-  (ICFIL, :mod:`purer.meta.calibration`), and the query is predicted under ``torch.no_grad()``.
-- The meta model's BatchNorm has no running statistics, so it always normalises with the current
-  batch: the query is predicted as one batch (transductive over the query, as the reference code).
-- Accuracies (percent) stay on the device until the end of the evaluation (one synchronisation).
-- ``ci95 = 1.96 * sigma / sqrt(n)`` with the *population* standard deviation (divisor n).
-- When the test dataset's image size differs from the meta model's input size (multi-dataset
-  pools, e.g. a model trained at 32 px tested on an 84 px dataset), the normalised test images are
-  resized once to the model's input size with bilinear, anti-aliased interpolation.
+Every method and seed is scored on the *same* test tasks: the episodes come from
+:func:`purer.data.episodes.fixed_episodes` seeded with the experiment seed (``config.seed``), never
+the run seed. How one episode is adapted and scored: :mod:`purer.meta.evaluate`.
 
 Checkpoint selection (``meta_test.selection``): ``val`` uses ``meta_model.pt`` (selected on
 meta-validation by the trainer), ``last`` uses ``last.pt``; ``best-on-test`` evaluates every
