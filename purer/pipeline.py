@@ -51,7 +51,7 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
         "data/episodes.py", "data/cache.py",
     ),
     "report": ("cli/report.py", "grid.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py",
-               "variants.py"),
+               "variants.py", "data/cache.py"),
 }
 
 # Modules of each dataset source (``datasets.<name>.source``), run by ``prepare`` only.
