@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     from purer.config import load_config
     from purer.data.cache import SplitData
     from purer.data.episodes import fixed_episodes
-    from purer.meta.evaluate import evaluate, icfil_batch_hook, icfil_hook
+    from purer.meta.evaluate import evaluate
     from purer.meta.learners import build_learner
+    from purer.meta.meta_test import icfil_batch_hook, icfil_hook
     from purer.models.backbones import build_backbone
 
     torch.set_num_threads(args.threads)

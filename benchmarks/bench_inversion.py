@@ -1,4 +1,4 @@
-"""Seconds per inversion data step: vmapped pool vs per-teacher loop (algorithm.md §8.3-8.4).
+"""Seconds per inversion data step: vmapped pool vs per-teacher loop (docs/method.md §8.3-8.4).
 
 One data step = the inversion loss of every teacher, its backward to the images, one Adam step
 (what ECI does once per meta-iteration). Teachers are randomly initialised Conv4s (speed does not
@@ -59,10 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(args: argparse.Namespace, precision: str, channels_last: bool):
     """The resident pool and pseudo data of the benchmark shape."""
 
-    from purer.inversion.batched import ResidentPool
-    from purer.inversion.dataset import PseudoData
+    from purer.inversion.dataset import DynamicDataset
+    from purer.inversion.teacher_pool import ResidentPool
     from purer.models.backbones import build_backbone
-    from purer.models.pool import TeacherEntry
+    from purer.models.manifest import TeacherEntry
     from purer.seeding import make_generator, seed_everything
 
     seed_everything(0)
@@ -78,7 +78,7 @@ def build(args: argparse.Namespace, precision: str, channels_last: bool):
         model = build_backbone("conv4", 5, 3, args.size, running_stats=True, width=32)
         loaded.append((entry, model.eval().requires_grad_(False)))
     pool = ResidentPool(None, args.device, precision, channels_last, loaded=loaded)
-    data = PseudoData(pool.teachers, args.spc, 0.25, make_generator(0, "bench", "data"), args.device)
+    data = DynamicDataset(pool.teachers, args.spc, 0.25, make_generator(0, "bench", "data"), args.device)
     return pool, data
 
 

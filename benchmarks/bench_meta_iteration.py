@@ -1,4 +1,4 @@
-"""Seconds per full ECI meta-iteration: the authors' cost profile vs ``purer meta-train`` (algorithm.md §2.8, §8).
+"""Seconds per full ECI meta-iteration: the authors' cost profile vs ``purer meta-train`` (docs/method.md §2.8, §8).
 
 One meta-iteration = the data step (inversion loss of every teacher, backward, one Adam step on
 the images) + the meta step (a meta-batch of 4 second-order MAML episodes, 5-way 1-shot, 15
@@ -8,7 +8,7 @@ per ``patience`` iterations and is not part of the timings.
 
 Variants (see ``VARIANTS``):
 
-- ``reference``: the cost profile of the authors' code (algorithm.md §8.1, §8.3, §8.5, §8.10):
+- ``reference``: the cost profile of the authors' code (docs/method.md §8.1, §8.3, §8.5, §8.10):
   every iteration each teacher is rebuilt and its checkpoint ``torch.load``-ed from disk, teachers
   run one by one in fp32 and contiguous memory, each call deep-copies the teacher and registers
   forward hooks on its BatchNorm layers that take the input statistics as the authors' hook does
@@ -230,7 +230,7 @@ def make_entries(scenario: Scenario, folder: Path, device: str) -> list:
     import torch
 
     from purer.models.backbones import build_backbone
-    from purer.models.pool import TeacherEntry
+    from purer.models.manifest import TeacherEntry
 
     classes = list(range(scenario.classes))
     blocks = [classes[i : i + 5] for i in range(0, len(classes), 5)][: scenario.teachers]
@@ -252,12 +252,12 @@ def make_entries(scenario: Scenario, folder: Path, device: str) -> list:
 
 
 def make_run(scenario: Scenario, variant: Variant, entries: list, folder: Path, device: str):
-    """The trainer's Run (method ``ei``, random init) for this pool; validation is never used."""
+    """The trainer's MetaTrainRun (method ``ei``, random init) for this pool; validation is never used."""
     from purer.config import ExperimentConfig, InversionConfig, LearnerConfig, MetaTrainConfig
     from purer.meta.init import MetaModelSpec
-    from purer.meta.train import Run
-    from purer.models.pool import Manifest
-    from purer.models.pretrain import resolve_device
+    from purer.meta.state import MetaTrainRun
+    from purer.models.manifest import Manifest
+    from purer.runtime import resolve_device
 
     inversion = InversionConfig(images_per_class=SPC, teacher_batching=variant.batching,
                                 teachers_per_step=variant.teachers_per_step)
@@ -267,7 +267,7 @@ def make_run(scenario: Scenario, variant: Variant, entries: list, folder: Path, 
                               compile=variant.compile, meta_train=mt)
     spec = MetaModelSpec("conv4", {"width": 32, "adaptive_pool": False}, N_WAY, scenario.size, 3)
     manifest = Manifest(folder / "manifest.yaml", (), tuple(entries))
-    return Run(config, "ei", N_SHOT, 0, folder / "run", resolve_device(device), manifest, spec, None, None, {}, {})
+    return MetaTrainRun(config, "ei", N_SHOT, 0, folder / "run", resolve_device(device), manifest, spec, None, None, {}, {})
 
 
 class Bench:
@@ -276,9 +276,9 @@ class Bench:
     def __init__(self, scenario: Scenario, variant: Variant, device: str, folder: Path) -> None:
         import torch
 
-        from purer.meta import steps, train
+        from purer.meta import engine, train
 
-        self.torch, self.train = torch, steps
+        self.torch, self.train = torch, engine
         self.scenario, self.variant, self.device = scenario, variant, torch.device(device)
         self.entries = make_entries(scenario, folder, device)
         self.run = make_run(scenario, variant, self.entries, folder, device)
@@ -318,7 +318,7 @@ class Bench:
         """A resident module, or (``reload``) one rebuilt from its checkpoint on disk."""
         if not self.variant.reload:
             return self.modules[position]
-        from purer.models.pool import load_teacher
+        from purer.models.manifest import load_teacher
 
         module = load_teacher(self.entries[position], self.device)
         if self.variant.teacher_grads:
@@ -329,7 +329,7 @@ class Bench:
 
     def reference_loss(self, order: list[int]):
         """Σ_j w_j L_inv,j over ``order`` by a per-teacher loop, or one vmapped pool."""
-        from purer.inversion.batched import ResidentPool
+        from purer.inversion.teacher_pool import ResidentPool
 
         v, st, config = self.variant, self.state, self.run.mt.inversion
         if v.batching == "vmap":
@@ -347,8 +347,8 @@ class Bench:
 
     def loop_loss(self, order: list[int], config):
         """The per-teacher loop of ``ResidentPool.reference_inversion_loss`` over ``self.teacher``."""
-        from purer.inversion.batched import teacher_weights
         from purer.inversion.losses import draw_shifts, inversion_terms, roll
+        from purer.inversion.teacher_pool import teacher_weights
         from purer.models.backbones import record_bn_stats
 
         torch, v, st = self.torch, self.variant, self.state
@@ -425,7 +425,7 @@ class Bench:
 
 
 def authors_hooked_forward(module, x):
-    """The authors' teacher call (algorithm.md §8.2): deep-copy the teacher, register a forward hook
+    """The authors' teacher call (docs/method.md §8.2): deep-copy the teacher, register a forward hook
     on every BatchNorm layer that takes its input statistics as DeepInversion's hook does
     (``mean = x.mean([0, 2, 3])``, ``var = x.permute(1, 0, 2, 3).contiguous().view(C, -1).var(1,
     unbiased=False)``), run it. Returns (logits, [BNStats])."""
@@ -481,7 +481,7 @@ def useful_flops(bench: Bench) -> float:
     """Conv/linear FLOPs of every teacher's forward + input-backward (what the step needs), fp32."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from purer.inversion.batched import group_key
+    from purer.inversion.teacher_pool import group_key
 
     st, counted, total = bench.state, {}, 0.0
     tables = st.pool.tables(st.data)

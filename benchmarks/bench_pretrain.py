@@ -1,4 +1,4 @@
-"""Teacher pre-training throughput (images/s) per architecture, image size and precision (algorithm.md §1.2).
+"""Teacher pre-training throughput (images/s) per architecture, image size and precision (docs/method.md §1.2).
 
 One training step is what :func:`purer.models.pretrain.train_epoch` does per mini-batch: gather the
 batch from the resident, normalised block tensors (``data.train_x[batch]``, plus the memory-format

@@ -5,7 +5,7 @@ keys, wrong types and impossible values with a message that names the file and t
 Dotted overrides (``--set meta_train.outer_lr=0.0005``) are applied to the raw YAML before
 validation, so they go through exactly the same checks.
 
-Defaults follow the released PURER scripts (algorithm.md §2.9) unless a comment says otherwise.
+Defaults follow the released PURER scripts (docs/method.md §2.9) unless a comment says otherwise.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """The pool of pre-trained teachers (algorithm.md §1.1-1.2)."""
+    """The pool of pre-trained teachers (docs/method.md §1.1-1.2)."""
 
     datasets: tuple[str, ...] = ("glyphs",)  # names in `datasets`; global class ids follow this order
     partition: Literal["disjoint", "overlapping"] = "disjoint"  # paper blocks / PURER-Plus random sets
@@ -139,7 +139,7 @@ class PoolConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """The meta-learner (algorithm.md §2.5, §9)."""
+    """The meta-learner (docs/method.md §2.5, §9)."""
 
     algorithm: Literal["maml", "anil", "protonet"] = "maml"
     first_order: bool = False  # MAML/ANIL: drop second-order terms in the outer gradient
@@ -154,7 +154,7 @@ class LearnerConfig:
 
 @dataclass(frozen=True)
 class InversionConfig:
-    """The dynamic dataset and its inversion loss (algorithm.md §2.2-2.3)."""
+    """The dynamic dataset and its inversion loss (docs/method.md §2.2-2.3)."""
 
     images_per_class: int | None = None  # spc; None = n_shot + n_query (16 for 1-shot, 20 for 5-shot)
     data_lr: float = 0.25  # Adam on the images
@@ -185,7 +185,7 @@ class InversionConfig:
 
 @dataclass(frozen=True)
 class CurriculumConfig:
-    """The gradient switch of ECI (algorithm.md §2.6)."""
+    """The gradient switch of ECI (docs/method.md §2.6)."""
 
     # Strength of the reversed step (docs/reversed-strength.md): exactly one of the two is set.
     adv_scale: float | None = 10.0  # coefficient of -L_outer in the data loss (the reference code's meaning)
@@ -212,7 +212,7 @@ class CurriculumConfig:
 
 @dataclass(frozen=True)
 class MetaTrainConfig:
-    """ECI meta-training and the training-time baselines (algorithm.md §2, §6)."""
+    """ECI meta-training and the training-time baselines (docs/method.md §2, §6)."""
 
     meta_model: str = "conv4"  # backbone registry name
     meta_model_width: int = 32  # Conv4 filters of the meta model
@@ -259,7 +259,7 @@ class MetaTrainConfig:
 
 @dataclass(frozen=True)
 class IcfilConfig:
-    """ICFIL test-time calibration. A reconstruction of the paper's description (algorithm.md §3.3):
+    """ICFIL test-time calibration. A reconstruction of the paper's description (docs/method.md §3.3):
     the authors released no ICFIL code, so every value here is a proposal, not the paper's."""
 
     pseudo_per_class: int = 5  # M pseudo support images per class
@@ -294,7 +294,7 @@ class IcfilConfig:
 
 @dataclass(frozen=True)
 class MetaTestConfig:
-    """Meta-testing on fixed, seeded episodes (algorithm.md §4)."""
+    """Meta-testing on fixed, seeded episodes (docs/method.md §4)."""
 
     datasets: tuple[str, ...] | None = None  # test datasets; None = the pool's datasets
     n_way: int = 5

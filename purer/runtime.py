@@ -1,4 +1,7 @@
-"""Speed settings for the machine at hand: precision, memory format and compilation.
+"""Runtime settings for the machine at hand: device, precision, memory format and compilation.
+
+:func:`resolve_device` turns ``config.device`` into a ``torch.device``; :func:`require_compiler`
+checks that ``compile: true`` can work on the device.
 
 The top-level keys ``precision``, ``channels_last`` and ``compile`` each accept ``auto``. Every step
 resolves them once, when it loads its config (:func:`resolve_speed_settings`), so the library only
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 
 from purer.config import ExperimentConfig
+from purer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +124,25 @@ def resolve_speed_settings(config: ExperimentConfig, machine: Machine | None = N
         ", ".join(f"{key}: auto -> {getattr(resolved, key)}" for key in auto),
     )
     return resolved
+
+
+def resolve_device(name: str) -> torch.device:
+    """``config.device`` as a ``torch.device``; ConfigError if CUDA is asked for but absent."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available (use device: cpu)")
+    return device
+
+
+def require_compiler(compile: bool, device: torch.device) -> None:
+    """``compile: true`` on CPU needs a C++ compiler (torch's inductor builds kernels with it).
+
+    Raises:
+        ConfigError: naming the key, when no ``$CXX``, ``g++``, ``c++`` or ``clang++`` is on PATH.
+    """
+    if not compile or torch.device(device).type != "cpu":
+        return
+    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(name and shutil.which(name) for name in candidates):
+        raise ConfigError("compile: true needs a C++ compiler on CPU (none of $CXX, g++, c++, clang++ is on PATH); "
+                          "install one or set compile: false")

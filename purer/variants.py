@@ -6,7 +6,7 @@ report can pair them episode by episode. The variant name is the folder of its `
 
 ============================  ===============================================================
 ``plain``                     ``meta_test.inner_steps`` SGD steps on the support (the baseline)
-``icfil``                     plain, then ICFIL (a reconstruction, algorithm.md §3.3)
+``icfil``                     plain, then ICFIL (a reconstruction, docs/method.md §3.3)
 ``plain-steps<k>``            plain adaptation with ``k`` inner steps, for each ``k`` in
                               ``meta_test.matched_steps`` (ICFIL's update budget: 1 inner + 10
                               feature + 5 head = 16; 10 = the feature steps)

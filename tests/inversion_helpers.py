@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from purer.models.backbones import build_backbone
-from purer.models.pool import TeacherEntry
+from purer.models.manifest import TeacherEntry
 from purer.seeding import make_generator
 
 
@@ -58,7 +58,7 @@ def teacher(e: TeacherEntry, seed: int = 0) -> torch.nn.Module:
 
 
 def loaded(entries: list[TeacherEntry], seed: int = 0) -> list[tuple[TeacherEntry, torch.nn.Module]]:
-    """(entry, module) pairs as ``purer.models.pool.load_pool`` returns them."""
+    """(entry, module) pairs as ``purer.models.manifest.load_pool`` returns them."""
     return [(e, teacher(e, seed)) for e in entries]
 
 

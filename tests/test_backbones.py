@@ -1,4 +1,4 @@
-"""Backbones (algorithm.md §1.3): shapes, Conv4 head size, batch-statistics BN, BN recording."""
+"""Backbones (docs/method.md §1.3): shapes, Conv4 head size, batch-statistics BN, BN recording."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The vmapped inversion loss equals the per-teacher loop (algorithm.md §2.3, §2.7, §8.3).
+"""The vmapped inversion loss equals the per-teacher loop (docs/method.md §2.3, §2.7, §8.3).
 
 Tolerances: fp32 totals, terms and image gradients agree to atol 1e-5 / rtol 1e-5 (the vmapped
 groups only sum in another order). bf16 is compared with fp32: totals to 1e-2 relative, image
@@ -20,9 +20,9 @@ from inversion_helpers import (
 
 from purer.config import InversionConfig
 from purer.errors import ConfigError
-from purer.inversion.batched import ResidentPool, _gathered, teacher_weights
-from purer.inversion.dataset import PseudoData
+from purer.inversion.dataset import DynamicDataset
 from purer.inversion.losses import draw_shifts, inversion_terms, roll
+from purer.inversion.teacher_pool import ResidentPool, _gathered, teacher_weights
 from purer.models.backbones import record_bn_stats
 from purer.seeding import make_generator
 
@@ -31,7 +31,7 @@ FP32 = {"atol": 1e-5, "rtol": 1e-5}
 
 def _setup(entries, spc: int = 3, **pool_kwargs):
     pool = ResidentPool(None, loaded=loaded(entries), **pool_kwargs)
-    data = PseudoData(pool.teachers, spc, 0.25, make_generator(0, "pseudo"))
+    data = DynamicDataset(pool.teachers, spc, 0.25, make_generator(0, "pseudo"))
     return pool, data
 
 
@@ -181,7 +181,7 @@ def test_cuda_vmap_matches_reference_loop():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         pool = ResidentPool(None, "cuda", loaded=loaded(mixed_pool_entries()))
-        data = PseudoData(pool.teachers, 2, 0.25, make_generator(0, "pseudo"), "cuda")
+        data = DynamicDataset(pool.teachers, 2, 0.25, make_generator(0, "pseudo"), "cuda")
         config = InversionConfig(teacher_weighting="triangular")
         total, _, grads = _run(pool.inversion_loss, data, config)
         ref_total, _, ref_grads = _run(pool.reference_inversion_loss, data, config)

@@ -1,4 +1,4 @@
-"""ICFIL (a reconstruction, algorithm.md §3.3): contrastive loss oracles, which parameters change, determinism."""
+"""ICFIL (a reconstruction, docs/method.md §3.3): contrastive loss oracles, which parameters change, determinism."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from purer.meta.calibration import (
     invert_adapted_model,
     supervised_contrastive_loss,
 )
-from purer.meta.evaluate import adapt_first_order, evaluate, icfil_hook
+from purer.meta.evaluate import adapt_first_order, evaluate
 from purer.meta.learners import AdaptedState, build_learner, class_prototypes, features, logits
+from purer.meta.meta_test import icfil_hook
 
 # conv biases feed batch-statistics BN, which removes them: their gradient is zero (up to rounding)
 BN_CANCELLED = {f"encoder.{i}.bias" for i in (0, 4, 8, 12)}

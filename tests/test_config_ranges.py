@@ -30,10 +30,11 @@ from purer.config import (
 )
 from purer.data.cache import save_split
 from purer.errors import ConfigError, PurerError
-from purer.meta.evaluate import meta_test
-from purer.meta.steps import nonfinite_suspects
+from purer.meta.engine import nonfinite_suspects
+from purer.meta.meta_test import meta_test
 from purer.meta.train import meta_train
-from purer.models.pool import n_teachers, teacher_specs, write_manifest
+from purer.models.manifest import write_manifest
+from purer.models.pool import n_teachers, teacher_specs
 from purer.models.pretrain import train_teacher
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text(encoding="utf-8"))

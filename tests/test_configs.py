@@ -130,7 +130,7 @@ def test_paper_scenarios_follow_the_released_settings(name, architectures, init)
     assert mt.curriculum.warmup_fraction is None and mt.inversion.images_per_class is None
     assert (mt.outer_lr, mt.learner.inner_lr, mt.learner.inner_steps, mt.meta_batch_size) == (0.001, 0.01, 1, 4)
     assert config.grid.shots == (1, 5) and config.grid.seeds == (0, 1, 2) and config.meta_test.episodes == 600
-    # Average needs one architecture: it runs only where the pool is homogeneous (algorithm.md §6)
+    # Average needs one architecture: it runs only where the pool is homogeneous (docs/method.md §6)
     assert ("average" in config.grid.methods) == (len(set(architectures)) == 1 and init == "average")
     sizes = {config.datasets[d].image_size for d in config.pool.datasets}
     assert sizes == ({84} if "mini_imagenet" in name else {32})

@@ -1,4 +1,4 @@
-"""The gradient switch (algorithm.md §2.6) and the reversed outer loss."""
+"""The gradient switch (docs/method.md §2.6) and the reversed outer loss."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from purer.config import CurriculumConfig
-from purer.inversion.curriculum import GradientSwitch, effective_warmup, reversed_outer_loss
-from purer.meta.learners import Episode, build_learner, episode_loss, meta_parameters
+from purer.inversion.curriculum import GradientSwitch, effective_warmup
+from purer.meta.learners import Episode, build_learner, episode_loss, meta_parameters, reversed_outer_loss
 from purer.models.backbones import build_backbone
 
 

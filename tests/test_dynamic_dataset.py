@@ -1,4 +1,4 @@
-"""The dynamic dataset: layout, episodes, domains, optimiser state, grids (algorithm.md §2.2, §2.4)."""
+"""The dynamic dataset: layout, episodes, domains, optimiser state, grids (docs/method.md §2.2, §2.4)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from PIL import Image
 
 from purer.config import InversionConfig
 from purer.errors import CheckpointError, ConfigError
-from purer.inversion.dataset import DynamicDataset, PseudoData, resolve_images_per_class, save_png
+from purer.inversion.dataset import Domain, DynamicDataset, resolve_images_per_class, save_png
 from purer.seeding import make_generator
 
 
 def _domain(spc: int = 4, classes=(10, 11, 12, 13, 14), size: int = 8, channels: int = 3, seed: int = 0):
-    return DynamicDataset(classes, spc, size, channels, make_generator(seed, "data"), mean=(0.5,) * channels, std=(0.25,) * channels)
+    return Domain(classes, spc, size, channels, make_generator(seed, "data"), mean=(0.5,) * channels, std=(0.25,) * channels)
 
 
 def test_layout_is_class_major_with_fixed_labels():
@@ -121,8 +121,8 @@ def test_resolve_images_per_class():
         resolve_images_per_class(InversionConfig(images_per_class=10), 5, 15)
 
 
-def _data(entries=None, spc: int = 3, seed: int = 0) -> PseudoData:
-    return PseudoData(entries or mixed_pool_entries(), spc, 0.25, make_generator(seed, "pseudo"))
+def _data(entries=None, spc: int = 3, seed: int = 0) -> DynamicDataset:
+    return DynamicDataset(entries or mixed_pool_entries(), spc, 0.25, make_generator(seed, "pseudo"))
 
 
 def test_domains_from_teachers_and_shared_classes_once():
@@ -155,7 +155,7 @@ def test_domain_choice_is_proportional_to_classes():
         data.sample_episode(13, 1, 1, generator)
 
 
-def _adam_step(data: PseudoData) -> None:
+def _adam_step(data: DynamicDataset) -> None:
     data.optimizer.zero_grad(set_to_none=True)
     loss = sum((p**2).sum() + p.sum() for p in data.parameters())
     loss.backward()

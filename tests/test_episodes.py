@@ -1,4 +1,4 @@
-"""Fixed, seeded episodes (algorithm.md §4): determinism, validity, materialisation."""
+"""Fixed, seeded episodes (docs/method.md §4): determinism, validity, materialisation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Meta-testing (algorithm.md §4): CI formula, scoring on fixed episodes, checkpoints, metrics.json, CLI."""
+"""Meta-testing (docs/method.md §4): CI formula, scoring on fixed episodes, checkpoints, metrics.json, CLI."""
 
 from __future__ import annotations
 
@@ -14,16 +14,10 @@ from purer import paths
 from purer.cli.main import main
 from purer.data.episodes import fixed_episodes, materialise
 from purer.errors import CheckpointError, ConfigError
-from purer.meta.evaluate import (
-    ICFIL_NOTE,
-    adapt_first_order,
-    confidence_interval,
-    evaluate,
-    load_meta_model,
-    meta_test,
-    normalised_images,
-)
+from purer.meta.evaluate import adapt_first_order, confidence_interval, evaluate, normalised_images
 from purer.meta.learners import AdaptedState, build_learner, logits
+from purer.meta.meta_test import ICFIL_NOTE, meta_test
+from purer.meta.model_file import load_meta_model
 
 # ------------------------------------------------------------------------------------------ CI
 

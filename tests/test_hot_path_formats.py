@@ -6,9 +6,9 @@ import torch
 from inversion_helpers import loaded, mixed_pool_entries
 
 from purer.config import InversionConfig
-from purer.inversion.batched import ResidentPool, _to_device, teacher_weights
-from purer.inversion.dataset import PseudoData
+from purer.inversion.dataset import DynamicDataset
 from purer.inversion.losses import draw_shifts, inversion_terms, roll
+from purer.inversion.teacher_pool import ResidentPool, _to_device, teacher_weights
 from purer.models.backbones import record_bn_stats
 from purer.seeding import make_generator
 
@@ -20,7 +20,7 @@ def test_host_values_reach_the_device_with_their_dtype():
     assert index.dtype == torch.int64 and index.tolist() == [2, 0]
 
 
-def _naive_loop(pool: ResidentPool, data: PseudoData, config: InversionConfig, order: list[int]) -> torch.Tensor:
+def _naive_loop(pool: ResidentPool, data: DynamicDataset, config: InversionConfig, order: list[int]) -> torch.Tensor:
     """The per-teacher loop with one separate gather per teacher (the oracle)."""
     shifts = draw_shifts(len(order), config.jitter, make_generator(0, "jitter"))
     weights = teacher_weights(len(order), config.teacher_weighting)
@@ -37,7 +37,7 @@ def _naive_loop(pool: ResidentPool, data: PseudoData, config: InversionConfig, o
 def test_one_gather_per_domain_gives_the_per_teacher_gradients():
     """Two domains, a subset in shuffled order, triangular weights: same loss and image gradients."""
     pool = ResidentPool(None, loaded=loaded(mixed_pool_entries()))
-    data = PseudoData(pool.teachers, 3, 0.25, make_generator(0, "pseudo"))
+    data = DynamicDataset(pool.teachers, 3, 0.25, make_generator(0, "pseudo"))
     config = InversionConfig(teacher_weighting="triangular")
     order = [5, 1, 3, 4, 0]
     total, _ = pool.reference_inversion_loss(data, make_generator(0, "jitter"), config, order)

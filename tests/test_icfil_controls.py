@@ -27,8 +27,9 @@ from purer.meta.calibration import (
     stack_params,
     support_finetune,
 )
-from purer.meta.evaluate import adapt_first_order, evaluate, icfil_batch_hook, icfil_hook, meta_test
+from purer.meta.evaluate import adapt_first_order, evaluate
 from purer.meta.learners import Episode, build_learner, features, logits
+from purer.meta.meta_test import icfil_batch_hook, icfil_hook, meta_test
 from purer.variants import all_variants, control_names, grid_variants
 
 SMALL = IcfilConfig(pseudo_per_class=2, inversion_steps=3, feature_steps=2, head_steps=2)

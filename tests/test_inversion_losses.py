@@ -1,4 +1,4 @@
-"""Inversion-loss terms against hand-computed values and naive loops (algorithm.md §2.3)."""
+"""Inversion-loss terms against hand-computed values and naive loops (docs/method.md §2.3)."""
 
 from __future__ import annotations
 

@@ -12,17 +12,19 @@ import yaml
 from pool_helpers import fake_checkpoint, synthetic_split
 
 from purer import paths
+from purer import runtime as runtime_module
 from purer.cli.main import main
 from purer.config import load_config
 from purer.data.cache import save_split
 from purer.errors import ConfigError, PurerError
-from purer.inversion.batched import ResidentPool
-from purer.meta import steps as steps_module
+from purer.inversion.teacher_pool import ResidentPool
+from purer.meta import engine as engine_module
 from purer.meta import train as train_module
 from purer.meta.checkpoint import grid_iterations
-from purer.meta.evaluate import load_meta_model
+from purer.meta.model_file import load_meta_model
 from purer.meta.train import meta_train
-from purer.models.pool import load_manifest, teacher_specs, write_manifest
+from purer.models.manifest import load_manifest, write_manifest
+from purer.models.pool import teacher_specs
 from purer.models.pretrain import train_teacher
 
 CHANNELS = 1
@@ -135,7 +137,7 @@ def test_purer_writes_every_output_and_switches(pool, tmp_path, monkeypatch):
     assert last["iteration"] == 6
 
     # a finished run is not redone
-    monkeypatch.setattr(train_module, "train_iteration", lambda *a: pytest.fail("redone"))
+    monkeypatch.setattr(engine_module, "train_iteration", lambda *a: pytest.fail("redone"))
     assert meta_train(_config(pool), "purer", 1, 0, out) == summary
 
 
@@ -175,13 +177,13 @@ def test_random_and_average_are_not_trained(pool, tmp_path):
 def test_average_init_starts_purer_from_fedavg(pool, tmp_path, monkeypatch):
     config = _config(pool, "meta_train.init=average", "meta_train.iterations=1")
     captured = {}
-    original = train_module.meta_step
+    original = engine_module.meta_step
 
     def spy(run, state):
         captured.setdefault("head", state.params["head.weight"].detach().clone())
         return original(run, state)
 
-    monkeypatch.setattr(train_module, "meta_step", spy)
+    monkeypatch.setattr(engine_module, "meta_step", spy)
     meta_train(config, "ei", 1, 0, tmp_path / "ei")
     teachers = _teacher_params(config)
     torch.testing.assert_close(captured["head"], (teachers[0]["head.weight"] + teachers[1]["head.weight"]) / 2)
@@ -347,7 +349,7 @@ def test_teacher_batching_picks_the_inversion_path(pool, tmp_path, monkeypatch, 
 
 def test_finite_flag_catches_nan_inf_and_overflow():
     def flag(loss, grads):
-        result = steps_module.finite_flag(loss, grads)
+        result = engine_module.finite_flag(loss, grads)
         assert result.dtype == torch.bool and result.dim() == 0  # stays a device tensor (no sync)
         return bool(result)
 
@@ -387,10 +389,10 @@ def test_found_inf_skips_the_image_step_on_the_device():
 
 
 def test_compile_without_a_cpp_compiler_is_a_clear_error(monkeypatch):
-    train_module.require_compiler(False, torch.device("cpu"))  # nothing to check
+    runtime_module.require_compiler(False, torch.device("cpu"))  # nothing to check
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(runtime_module.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match=r"^compile: true needs a C\+\+ compiler on CPU .*set compile: false$"):
-        train_module.require_compiler(True, torch.device("cpu"))
-    monkeypatch.setattr(train_module.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
-    train_module.require_compiler(True, torch.device("cpu"))
+        runtime_module.require_compiler(True, torch.device("cpu"))
+    monkeypatch.setattr(runtime_module.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    runtime_module.require_compiler(True, torch.device("cpu"))

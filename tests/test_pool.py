@@ -12,18 +12,10 @@ from purer.cli.main import main
 from purer.config import load_config
 from purer.errors import CheckpointError, ConfigError
 from purer.models.backbones import build_backbone
-from purer.models.pool import (
-    load_manifest,
-    load_pool,
-    load_teacher,
-    n_teachers,
-    partition_classes,
-    teacher_spec,
-    teacher_specs,
-    write_manifest,
-)
+from purer.models.manifest import load_manifest, load_pool, load_teacher, write_manifest
+from purer.models.pool import n_teachers, partition_classes, teacher_spec, teacher_specs
 
-# ---------------------------------------------------------------- partition (algorithm.md §1.1)
+# ---------------------------------------------------------------- partition (docs/method.md §1.1)
 
 
 def test_disjoint_blocks_short_last():

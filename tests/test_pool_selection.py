@@ -15,15 +15,8 @@ from purer.cli.main import main
 from purer.config import load_config
 from purer.errors import ConfigError
 from purer.models import pretrain
-from purer.models.pool import (
-    coverage,
-    cut_to_max_teachers,
-    kept_blocks,
-    load_manifest,
-    select_blocks,
-    teacher_specs,
-    write_manifest,
-)
+from purer.models.manifest import cut_to_max_teachers, load_manifest, write_manifest
+from purer.models.pool import coverage, kept_blocks, select_blocks, teacher_specs
 from purer.models.pretrain import (
     SELECTION,
     estimate_pool,
@@ -58,7 +51,7 @@ def _scripted_evaluate(monkeypatch, scores, snapshots):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return next(scores)
 
-    monkeypatch.setattr(pretrain, "evaluate", fake)
+    monkeypatch.setattr(pretrain, "teacher_accuracy", fake)
 
 
 # Validation accuracy saturates at epoch 2; the loss keeps falling to its minimum 0.2 at epochs 4

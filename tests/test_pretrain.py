@@ -1,4 +1,4 @@
-"""Teacher pre-training (algorithm.md §1.2): data split, recipe, best-by-copy, checkpoint, resume."""
+"""Teacher pre-training (docs/method.md §1.2): data split, recipe, best-by-copy, checkpoint, resume."""
 
 import json
 
@@ -11,7 +11,8 @@ from purer.config import load_config
 from purer.data.cache import load_split
 from purer.errors import DataError
 from purer.models import pretrain
-from purer.models.pool import TeacherEntry, load_teacher, teacher_spec
+from purer.models.manifest import TeacherEntry, load_teacher
+from purer.models.pool import teacher_spec
 from purer.models.pretrain import block_data, build_optimizer, build_teacher, resume_path, train_teacher
 
 
@@ -89,7 +90,7 @@ def test_best_weights_are_a_copy_not_the_last_epoch(tmp_path, monkeypatch):
     train_teacher(config, 0, tmp_path / "two.pt")  # 2 epochs: the weights after epoch 2
     after_two = torch.load(tmp_path / "two.pt", weights_only=False)["state_dict"]
     scores = iter([(0.2, 1.0), (0.9, 1.0), (0.1, 1.0)])
-    monkeypatch.setattr(pretrain, "evaluate", lambda *args: next(scores))
+    monkeypatch.setattr(pretrain, "teacher_accuracy", lambda *args: next(scores))
     three = load_config(path, ["pool.epochs=3"])
     train_teacher(three, 0, tmp_path / "three.pt")
     checkpoint = torch.load(tmp_path / "three.pt", weights_only=False)

@@ -4,7 +4,7 @@ Per class c, the data step's image gradient is w̄_c · g_inv,c + a_c · g_rev,c
 unit-weight gradient of the inversion loss of c's teacher, g_rev,c that of −L_outer on the
 reversed episode, w̄_c the teacher weight and a_c the reversed coefficient. The per-class strength
 is ρ_c = a_c / w̄_c. It is measured here from the production pieces of the data step
-(purer.meta.steps) against unit-weight gradients computed independently, and compared with
+(purer.meta.engine) against unit-weight gradients computed independently, and compared with
 hand-derived values:
 
 - parity mode (``triangular``, ``adv_scale``): ρ = adv_scale / (K − j) for the classes of teacher j;
@@ -26,17 +26,16 @@ from inversion_helpers import entry, loaded
 
 from purer.config import CurriculumConfig, InversionConfig, LearnerConfig, MetaTrainConfig, load_config
 from purer.errors import ConfigError
-from purer.inversion.batched import ResidentPool
 from purer.inversion.curriculum import (
     GradientSwitch,
     class_strengths,
     effective_warmup,
     reversed_coefficients,
-    reversed_outer_loss,
 )
-from purer.inversion.dataset import PseudoData
-from purer.meta.learners import build_learner, meta_parameters
-from purer.meta.steps import data_step, gradient_ratios, inversion_loss_fn, reversed_term
+from purer.inversion.dataset import DynamicDataset
+from purer.inversion.teacher_pool import ResidentPool
+from purer.meta.engine import data_step, gradient_ratios, inversion_loss_fn, reversed_term
+from purer.meta.learners import build_learner, meta_parameters, reversed_outer_loss
 from purer.models.backbones import build_backbone
 from purer.seeding import make_generator
 
@@ -53,12 +52,12 @@ def _entries(n_teachers: int, short_last: bool = False) -> list:
 
 
 def _run_state(entries: list, weighting: str, curriculum: CurriculumConfig, n_way: int | None = None):
-    """A minimal (run, state) pair for purer.meta.steps: resident pool, dynamic dataset, meta model.
+    """A minimal (run, state) pair for purer.meta.engine: resident pool, dynamic dataset, meta model.
 
     The reversed episode takes ``n_way`` classes (default: every class, so each class is measured).
     """
     pool = ResidentPool(None, loaded=loaded(entries))
-    data = PseudoData(pool.teachers, SPC, 0.25, make_generator(0, "pseudo"))
+    data = DynamicDataset(pool.teachers, SPC, 0.25, make_generator(0, "pseudo"))
     n_way = data.n_classes if n_way is None else n_way
     mt = MetaTrainConfig(
         n_way=n_way, n_query=N_QUERY, learner=LearnerConfig(inner_lr=0.1),
@@ -77,13 +76,13 @@ def _run_state(entries: list, weighting: str, curriculum: CurriculumConfig, n_wa
     return run, state
 
 
-def _grads(loss: torch.Tensor, data: PseudoData) -> torch.Tensor:
+def _grads(loss: torch.Tensor, data: DynamicDataset) -> torch.Tensor:
     """The image gradient of the (single) domain, zeros where the loss does not reach."""
     (grad,) = torch.autograd.grad(loss, data.parameters(), allow_unused=True)
     return torch.zeros_like(data.parameters()[0]) if grad is None else grad
 
 
-def _per_class(grad: torch.Tensor, data: PseudoData) -> dict[int, torch.Tensor]:
+def _per_class(grad: torch.Tensor, data: DynamicDataset) -> dict[int, torch.Tensor]:
     domain = next(iter(data.domains.values()))
     return {c: grad[domain.rows([c])] for c in domain.class_ids}
 
@@ -283,7 +282,7 @@ def test_gradient_ratios_by_hand():
 
 def test_ce_per_teacher_marks_teachers_outside_the_step():
     pool = ResidentPool(None, loaded=loaded(_entries(3)))
-    data = PseudoData(pool.teachers, SPC, 0.25, make_generator(0, "pseudo"))
+    data = DynamicDataset(pool.teachers, SPC, 0.25, make_generator(0, "pseudo"))
     for method in (pool.inversion_loss, pool.reference_inversion_loss):
         _, terms = method(data, make_generator(0, "j"), InversionConfig(), [2, 0])
         values = terms["ce_per_teacher"]

@@ -472,7 +472,7 @@ def test_a_read_only_output_folder_for_real(setup, capsys, tmp_path):
 
 def test_a_full_disk_before_the_work_starts(setup, capsys, tmp_path, monkeypatch):
     """ENOSPC on the first write (the folder's marker): meta-test stops before evaluating anything."""
-    import purer.meta.evaluate as evaluate
+    import purer.meta.meta_test as evaluate
 
     called = []
     monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: called.append(1))

@@ -13,6 +13,7 @@ from workflow_support import REPO, micro_config, output_of, snakemake, write_yam
 from purer import paths
 from purer.config import load_config
 from purer.models.pool import n_teachers
+from purer.pipeline import SHARED_MODULES
 from purer.variants import control_names
 
 STEP_CLI = {
@@ -26,8 +27,7 @@ STEP_CLI = {
     "report": "purer/cli/report.py",
 }
 # shared infrastructure that every step imports (and package __init__ files): not rule inputs
-INFRA = {"cli/common.py", "runinfo.py", "cli/main.py", "config.py", "errors.py", "io.py",
-         "paths.py", "seeding.py", "tracking.py", "hostmem.py", "runtime.py", "outputs.py"}
+INFRA = set(SHARED_MODULES)  # purer/pipeline.py
 # dataset sources reach later steps only through the cached splits (which are inputs)
 DATA_SOURCES = {"data/__init__.py", "data/registry.py", "data/glyphs.py", "data/mini_imagenet.py",
                 "data/cifar_fs.py", "data/folder.py", "data/images.py"}

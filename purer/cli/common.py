@@ -1,4 +1,10 @@
-"""Helpers shared by the CLI steps: load the config (``--config`` + ``--set``)."""
+"""The contract every CLI step shares: its common arguments and how it loads the config.
+
+Every step takes ``--config``/``--set``/``--verbose`` (:func:`add_common_arguments`); the steps of
+one run (``meta-train``, ``meta-test``) also take ``--method``, ``--n-shot`` and ``--seed``
+(:func:`add_run_arguments`). :func:`load` reads the config and resolves its ``auto`` runtime
+settings (:mod:`purer.runtime`). ``purer.cli.main`` imports the steps; no step imports it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,34 @@ import argparse
 
 from purer.config import ExperimentConfig, load_config
 from purer.errors import ConfigError
+from purer.pipeline import METHODS
 from purer.runinfo import write_run_info
 from purer.runtime import resolve_speed_settings
 
-__all__ = ["load", "write_run_info"]
+__all__ = ["add_common_arguments", "add_run_arguments", "load", "write_run_info"]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--set`` (shared by every step)."""
+    parser.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set meta_train.outer_lr=0.0005 (repeatable)",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, check_method: bool = True) -> None:
+    """``--method``, ``--n-shot`` and ``--seed``: which run a step works on. ``check_method``: refuse a
+    method outside :data:`purer.pipeline.METHODS` (meta-test with ``--run`` tests any run folder)."""
+    help_text = f"meta-training method ({', '.join(METHODS)})"
+    parser.add_argument("--method", required=True, choices=METHODS if check_method else None, help=help_text)
+    parser.add_argument("--n-shot", type=int, required=True, metavar="K", help="support images per class")
+    parser.add_argument("--seed", type=int, default=None, help="run seed (default: the config's seed)")
 
 
 def load(args: argparse.Namespace) -> ExperimentConfig:

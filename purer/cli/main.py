@@ -28,20 +28,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config`` and ``--set`` (shared by every step)."""
-    parser.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set meta_train.outer_lr=0.0005 (repeatable)",
-    )
-    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-
-
 def plain_text(docstring: str) -> str:
     """A module docstring as terminal help: reStructuredText literals (````x````) shown as ``x``."""
     return re.sub(r"``([^`]+)``", r"\1", docstring).strip()

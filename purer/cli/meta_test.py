@@ -8,7 +8,7 @@ ICFIL controls with ``--variant`` (``plain-steps<k>``, ``icfil-noise``, ``finetu
 support-only fine-tuning flag; see purer/variants.py). Without ``--dataset`` every test dataset of
 the config is evaluated separately and, when there are several, their mean is written to
 ``<run>/test/average/<variant>/metrics.json``. ``--out DIR`` replaces ``<run>/test``.
-ICFIL is a reconstruction of the paper's description (algorithm.md §3.3).
+ICFIL is a reconstruction of the paper's description (docs/method.md §3.3).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import argparse
 from pathlib import Path
 
 from purer import paths
-from purer.cli.common import load
-from purer.cli.main import add_common_arguments
+from purer.cli.common import add_common_arguments, add_run_arguments, load
 from purer.errors import ConfigError
-from purer.meta.evaluate import AVERAGE, meta_test, write_average
+from purer.meta.meta_test import AVERAGE, meta_test, write_average
 from purer.outputs import check_output_folder
 from purer.seeding import seed_everything
 from purer.variants import ICFIL, PLAIN
@@ -29,11 +28,9 @@ from purer.variants import ICFIL, PLAIN
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config``/``--set`` plus the run and the test setting."""
     add_common_arguments(parser)
-    parser.add_argument("--method", required=True, help="meta-training method (purer, ei, random, average)")
-    parser.add_argument("--n-shot", type=int, required=True, metavar="K", help="support images per class")
-    parser.add_argument("--seed", type=int, default=None, help="run seed (default: the config's seed)")
+    add_run_arguments(parser, check_method=False)
     parser.add_argument("--dataset", default=None, help="test dataset (default: every test dataset of the config)")
-    parser.add_argument("--icfil", action="store_true", help="calibrate with ICFIL (a reconstruction, algorithm.md §3.3)")
+    parser.add_argument("--icfil", action="store_true", help="calibrate with ICFIL (a reconstruction, docs/method.md §3.3)")
     parser.add_argument(
         "--variant", default=None, metavar="NAME",
         help="test variant: plain, icfil, plain-steps<k> (k in meta_test.matched_steps), icfil-noise, finetune-support",

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import argparse
 
-from purer.cli.common import load
-from purer.cli.main import add_common_arguments
-from purer.meta.train import METHODS, meta_train
+from purer.cli.common import add_common_arguments, add_run_arguments, load
+from purer.meta.train import meta_train
 from purer.seeding import seed_everything
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config``/``--set`` plus the method, the shots, the seed and the output directory."""
     add_common_arguments(parser)
-    parser.add_argument("--method", required=True, choices=METHODS, help="meta-training method")
-    parser.add_argument("--n-shot", type=int, required=True, metavar="K", help="support images per class")
-    parser.add_argument("--seed", type=int, default=None, help="run seed (default: the config's seed)")
+    add_run_arguments(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="run directory (default: from the config)")
 
 

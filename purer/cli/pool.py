@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 
 from purer import paths
-from purer.cli.common import load, write_run_info
-from purer.cli.main import add_common_arguments
+from purer.cli.common import add_common_arguments, load, write_run_info
 from purer.config import ExperimentConfig
-from purer.models.pool import coverage, teacher_spec, teacher_specs, write_manifest
+from purer.models.manifest import write_manifest
+from purer.models.pool import coverage, teacher_spec, teacher_specs
 from purer.models.pretrain import estimate_pool, train_teacher
 from purer.outputs import POOL_FILES, check_output_folder
 from purer.seeding import seed_everything
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train``, ``manifest`` and ``list`` actions, each with ``--config``/``--set``."""
     actions = parser.add_subparsers(dest="pool_command", metavar="<action>", required=True)
-    train = actions.add_parser("train", help="train one teacher (algorithm.md §1.2)")
+    train = actions.add_parser("train", help="train one teacher (docs/method.md §1.2)")
     add_common_arguments(train)
     train.add_argument("--teacher", "--block", dest="teacher", type=int, required=True, metavar="I",
                        help="teacher index, 0-based (= block index for disjoint pools)")

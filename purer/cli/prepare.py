@@ -14,7 +14,7 @@ from purer.data.registry import dataset_config, prepare_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from purer.cli.main import add_common_arguments
+    from purer.cli.common import add_common_arguments
 
     add_common_arguments(parser)
     parser.add_argument(

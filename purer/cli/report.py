@@ -1,4 +1,4 @@
-"""Gather every ``metrics.json`` of an experiment into paper-style tables (Markdown, LaTeX, CSV),
+"""Gather the ``metrics.json`` of the configured grid (:func:`purer.grid.grid_tests`) into paper-style tables (Markdown, LaTeX, CSV),
 seaborn figures (PNG, PDF) and ``summary.json`` (DVC metrics)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 
 from purer import paths
 from purer.cli import common
-from purer.cli.main import add_common_arguments
+from purer.cli.common import add_common_arguments
 from purer.errors import ConfigError
+from purer.grid import grid_tests
 from purer.io import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--root",
         default=None,
         metavar="DIR",
-        help="folder searched for results (default: the experiment folder)",
+        help="read every meta-test under DIR instead of the configured grid's (default: the grid, in the experiment folder)",
     )
     parser.add_argument(
         "--out",
@@ -44,9 +45,11 @@ def run(args: argparse.Namespace) -> None:
     figures.check_formats(config.report.figure_formats)
     check_replaceable(out)
     # read and build everything first: a bad input leaves no partial report behind
-    metrics = aggregate.collect_metrics(root)
-    summary = aggregate.summarise(metrics)
-    differences = aggregate.paired_differences(metrics)
+    # the pipeline's report reads exactly the configured grid; `--root DIR` reads every run under DIR
+    grid = None if args.root else grid_tests(config)
+    collected = aggregate.collect_metrics(root, grid)
+    summary = aggregate.summarise(collected)
+    differences = aggregate.paired_differences(collected)
     built_tables = tables.build_tables(summary, differences)
     main_table = next(t for t in built_tables if t.name == "main")
     main_rows = summary[summary["test_variant"].isin(aggregate.MAIN_VARIANTS)]
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
         written += figures.save_figures(built_figures, tmp / "figures", config.report.figure_formats)
         written.append(aggregate.write_summary(tmp / "summary.json", summary, differences))
         common.write_run_info(tmp, config)
-        write_json(tmp / INPUTS_RECORD, input_record(metrics["path"]))
+        write_json(tmp / INPUTS_RECORD, input_record(collected["path"]))
     for path in written:
         logger.info("wrote %s", out / path.relative_to(tmp))
     logger.info(

@@ -1,4 +1,4 @@
-"""Few-shot episodes from a cached split, with explicit generators (algorithm.md §4).
+"""Few-shot episodes from a cached split, with explicit generators (docs/method.md §4).
 
 An :class:`EpisodeSet` is a fixed, seeded list of episodes (class ids and image indices) for one
 (dataset, split, n_way, n_shot, n_query): generated once from ``derive_seed(seed, "episodes",
@@ -14,8 +14,28 @@ import torch
 
 from purer.data.cache import SplitData
 from purer.errors import ConfigError
-from purer.meta.learners import Episode
 from purer.seeding import make_generator
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One few-shot task (relative labels 0..n_way-1).
+
+    Attributes:
+        support_x: [n_way * n_shot, C, H, W].
+        support_y: [n_way * n_shot] int64.
+        query_x: [n_way * n_query, C, H, W].
+        query_y: [n_way * n_query] int64.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    @property
+    def n_way(self) -> int:
+        return int(self.support_y.max().item()) + 1 if self.support_y.numel() else 0
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Image decoding shared by the dataset sources: decode + resize, parallel decoding, channel statistics.
 
-Every source ends with the same preprocessing (algorithm.md §1.4): a plain resize of the whole image
+Every source ends with the same preprocessing (docs/method.md §1.4): a plain resize of the whole image
 to a square (no crop, antialiased bilinear), in greyscale (``L``) or RGB, stored as uint8
 ``[C, H, W]``. Normalisation is not applied here; it is stored with the split.
 """

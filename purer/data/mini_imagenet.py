@@ -8,7 +8,7 @@ Accepted layouts (``path``):
   (e.g. ``mini-imagenet/train.csv``), found automatically.
 
 Images are decoded once, converted to RGB (or greyscale when ``channels: 1``) and resized to a
-square of ``image_size`` (plain antialiased bilinear resize, no crop; algorithm.md §1.4), in worker
+square of ``image_size`` (plain antialiased bilinear resize, no crop; docs/method.md §1.4), in worker
 processes. Labels (WordNet ids) are sorted per split; images keep CSV order, so each class's images
 keep their CSV order. Normalisation defaults to the ImageNet mean/std.
 """

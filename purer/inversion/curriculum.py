@@ -1,12 +1,12 @@
-"""The gradient switch of ECI and the reversed outer loss (algorithm.md §2.6, §2.8).
+"""The gradient switch of ECI and the strength of the reversed outer loss (docs/method.md §2.6, §2.8).
 
 The dynamic dataset gets one Adam step per meta-iteration. Normally that step minimises the
 inversion loss only; when the :class:`GradientSwitch` is on, the reversed outer loss of one freshly
-sampled, non-detached pseudo episode is added (:func:`reversed_outer_loss`), which pushes the
+sampled, non-detached pseudo episode is added (:func:`purer.meta.learners.reversed_outer_loss`), which pushes the
 images towards tasks the current meta model finds harder. The switch turns off again right after
 that one step (:meth:`GradientSwitch.consume`).
 
-When the switch turns on (algorithm.md §2.6):
+When the switch turns on (docs/method.md §2.6):
 
 - **warm-up**: at meta-iteration ``it == warmup`` (iterations count from 1);
 - **plateau** ("the meta model converges"): for ``it > warmup`` and while the switch is off, the
@@ -19,7 +19,7 @@ The warm-up is ``curriculum.warmup`` meta-iterations (studies) or, for smoke run
 ``curriculum.warmup_fraction`` of the run (exactly one of them is set).
 
 Strength (docs/reversed-strength.md). The data loss of a step over the teachers at positions
-``order`` with weights w_j (:func:`purer.inversion.batched.teacher_weights`) is
+``order`` with weights w_j (:func:`purer.inversion.teacher_pool.teacher_weights`) is
 ``Σ_j w_j L_inv,j − a · L_outer``; the images of class c get the inversion gradient with coefficient
 w̄_c = Σ of the weights of the step's teachers that know c. The *per-class strength* is the ratio of
 the two coefficients, ρ_c = a_c / w̄_c:
@@ -37,12 +37,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import nn
-
 from purer.config import CurriculumConfig
-from purer.inversion.batched import teacher_weights
-from purer.meta.learners import Episode, GradientLearner, ProtoNet, episode_loss
+from purer.inversion.teacher_pool import teacher_weights
+from purer.models.manifest import TeacherEntry
 
 
 def effective_warmup(curriculum: CurriculumConfig, iterations: int) -> int:
@@ -52,7 +49,7 @@ def effective_warmup(curriculum: CurriculumConfig, iterations: int) -> int:
     return int(curriculum.warmup)
 
 
-def class_inversion_weights(teachers: Sequence[Any], order: Sequence[int], weighting: str) -> dict[int, float]:
+def class_inversion_weights(teachers: Sequence[TeacherEntry], order: Sequence[int], weighting: str) -> dict[int, float]:
     """w̄_c of every class a data step inverts: the summed weights of its teachers in the step.
 
     Args:
@@ -68,7 +65,7 @@ def class_inversion_weights(teachers: Sequence[Any], order: Sequence[int], weigh
 
 
 def reversed_coefficients(
-    curriculum: CurriculumConfig, teachers: Sequence[Any], order: Sequence[int], weighting: str
+    curriculum: CurriculumConfig, teachers: Sequence[TeacherEntry], order: Sequence[int], weighting: str
 ) -> tuple[float, dict[int, float] | None]:
     """The reversed term's scalar coefficient and its per-class gradient multipliers (None: all 1).
 
@@ -84,7 +81,7 @@ def reversed_coefficients(
 
 
 def class_strengths(
-    curriculum: CurriculumConfig, teachers: Sequence[Any], order: Sequence[int], weighting: str
+    curriculum: CurriculumConfig, teachers: Sequence[TeacherEntry], order: Sequence[int], weighting: str
 ) -> dict[int, float]:
     """ρ_c = reversed coefficient / inversion coefficient of each class the step inverts.
 
@@ -97,7 +94,7 @@ def class_strengths(
 
 
 class GradientSwitch:
-    """Decides when the data step adds the reversed outer loss (algorithm.md §2.6).
+    """Decides when the data step adds the reversed outer loss (docs/method.md §2.6).
 
     Args:
         warmup: the meta-iteration at which the switch first turns on.
@@ -170,37 +167,3 @@ class GradientSwitch:
         self._on = bool(state["on"])
         self._best = None if state["best"] is None else float(state["best"])
         self._counter = int(state["counter"])
-
-
-def reversed_outer_loss(
-    learner: GradientLearner | ProtoNet,
-    meta_model: nn.Module,
-    params: dict[str, torch.Tensor],
-    episode: Episode,
-    steps: int,
-    adv_scale: float,
-) -> torch.Tensor:
-    """``-adv_scale * L_outer`` of the current meta model on a non-detached pseudo episode.
-
-    The inner loop is always second-order (algorithm.md §2.6), so the support images receive
-    gradient through the adapted parameters and the query images through the outer loss. The meta
-    parameters enter as detached copies: differentiate the result with
-    ``torch.autograd.grad(loss, [images])`` only, so no gradient is computed or accumulated for the
-    meta model (algorithm.md §8 item 5).
-
-    Args:
-        learner: the meta-learner (a first-order one is run second-order here).
-        meta_model: the module ``params`` belong to.
-        params: the meta parameters θ (not modified, no gradient reaches them).
-        episode: a pseudo episode sampled from the images with their graph kept.
-        steps: inner steps (the train-time number).
-        adv_scale: weight of the reversed term.
-
-    Returns:
-        A 0-d tensor whose graph reaches the episode's images.
-    """
-    if isinstance(learner, GradientLearner) and learner.first_order:
-        learner = GradientLearner(learner.inner_lr, first_order=False, head_only=learner.head_only)
-    frozen = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-    loss, _ = episode_loss(learner, meta_model, frozen, episode, steps, create_graph=True)
-    return -adv_scale * loss

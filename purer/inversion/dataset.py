@@ -1,15 +1,15 @@
-"""The dynamic dataset of ECI: learnable images per class, and pseudo episodes (algorithm.md §2.2, §2.4).
+"""The dynamic dataset of ECI: learnable images per class, and pseudo episodes (docs/method.md §2.2, §2.4).
 
-A :class:`DynamicDataset` holds the images of one *domain* (image size, channels): a tensor
+A :class:`Domain` holds the images of one *domain* (image size, channels): a tensor
 ``images`` [C·spc, ch, s, s] drawn i.i.d. N(0, 1) in the teachers' normalised input space, never
 clamped. The layout is class-major: rows ``c·spc … c·spc + spc − 1`` belong to global class
 ``class_ids[c]``; labels are fixed. (The reference cycles labels inside a block; every inversion term
 is invariant to the order of a teacher's batch, so only the bookkeeping differs.)
 
-:class:`PseudoData` gathers the domains of a pool (one per distinct (image_size, channels) of its
+:class:`DynamicDataset` gathers the domains of a pool (one per distinct (image_size, channels) of its
 teachers; MH pools have several), the Adam optimiser of all images (its state persists for the
 whole run) and their checkpoint state. A class belongs to the domain of its dataset; a class shared
-by several teachers (overlapping pools, algorithm.md §9) has one set of images. Only classes that at
+by several teachers (overlapping pools, docs/method.md §9) has one set of images. Only classes that at
 least one teacher knows get images.
 
 Pseudo episodes (§2.4) pick N distinct classes uniformly from all classes of one domain, then
@@ -19,7 +19,7 @@ the first n_shot as support. ``detach=True`` (meta-training episodes) cuts the g
 (``grad_scale``: the reversed step at ``curriculum.adv_strength``, purer.inversion.curriculum). With
 several domains a domain is drawn per episode with probability proportional to its number of classes.
 
-Resizing for MH pools (a design decision, algorithm.md §5): when the meta model's input differs
+Resizing for MH pools (a design decision, docs/method.md §5): when the meta model's input differs
 from a domain, episode images are resized with bilinear interpolation (``antialias=False``) and
 converted in normalised space: RGB → grey averages the three channels, grey → RGB replicates.
 """
@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from purer.config import InversionConfig
+from purer.data.episodes import Episode
 from purer.errors import CheckpointError, ConfigError
 from purer.io import atomic_path
-from purer.meta.learners import Episode
+from purer.models.manifest import TeacherEntry
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ DomainKey = tuple[int, int]  # (image_size, channels)
 
 
 def resolve_images_per_class(config: InversionConfig, n_shot: int, n_query: int) -> int:
-    """spc: ``config.images_per_class`` or, when unset, n_shot + n_query (algorithm.md §2.2)."""
+    """spc: ``config.images_per_class`` or, when unset, n_shot + n_query (docs/method.md §2.2)."""
     spc = config.images_per_class if config.images_per_class is not None else n_shot + n_query
     if spc < n_shot + n_query:
         raise ConfigError(
@@ -99,8 +100,8 @@ def scale_gradient(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _ScaleGradient.apply(x, scale.to(x.dtype).view(-1, *([1] * (x.dim() - 1))))
 
 
-class DynamicDataset:
-    """Learnable images of one domain (algorithm.md §2.2).
+class Domain:
+    """Learnable images of one domain (docs/method.md §2.2).
 
     Attributes:
         class_ids: global class ids, in layout order.
@@ -173,7 +174,7 @@ class DynamicDataset:
     def sample_rows(
         self, n_way: int, n_shot: int, n_query: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw an episode's rows (algorithm.md §2.4), vectorised.
+        """Draw an episode's rows (docs/method.md §2.4), vectorised.
 
         Returns:
             support rows [n_way·n_shot] and query rows [n_way·n_query], class by class, in the
@@ -209,7 +210,7 @@ class DynamicDataset:
         channels: int | None = None,
         grad_scale: torch.Tensor | None = None,
     ) -> Episode:
-        """A pseudo episode (algorithm.md §2.4); relative labels follow the drawn class order.
+        """A pseudo episode (docs/method.md §2.4); relative labels follow the drawn class order.
 
         Args:
             detach: True for meta-training episodes (no gradient to the images); False for the
@@ -262,8 +263,8 @@ def save_png(grid: torch.Tensor, path: str | Path) -> None:
         Image.fromarray(array, mode="RGB").save(tmp, format="PNG")
 
 
-class PseudoData:
-    """All domains of a pool, their Adam optimiser and episode sampling (algorithm.md §2.2, §2.4, §5).
+class DynamicDataset:
+    """All domains of a pool, their Adam optimiser and episode sampling (docs/method.md §2.2, §2.4, §5).
 
     Args:
         teachers: the pool's teacher entries (fields ``index``, ``dataset``, ``classes``,
@@ -274,13 +275,13 @@ class PseudoData:
         device: where the images live.
 
     Attributes:
-        domains: ``{(image_size, channels): DynamicDataset}``.
+        domains: ``{(image_size, channels): Domain}``.
         optimizer: ``torch.optim.Adam`` (fused kernel) over every domain's images.
     """
 
     def __init__(
         self,
-        teachers: Sequence[Any],
+        teachers: Sequence[TeacherEntry],
         images_per_class: int,
         data_lr: float,
         generator: torch.Generator,
@@ -288,8 +289,8 @@ class PseudoData:
     ) -> None:
         self.images_per_class = int(images_per_class)
         plan = _domain_plan(teachers)
-        self.domains: dict[DomainKey, DynamicDataset] = {
-            key: DynamicDataset(
+        self.domains: dict[DomainKey, Domain] = {
+            key: Domain(
                 sorted(spec["classes"]), images_per_class, key[0], key[1], generator, device, spec["mean"], spec["std"]
             )
             for key, spec in plan.items()
@@ -300,13 +301,13 @@ class PseudoData:
     @classmethod
     def from_config(
         cls,
-        teachers: Sequence[Any],
+        teachers: Sequence[TeacherEntry],
         config: InversionConfig,
         n_shot: int,
         n_query: int,
         generator: torch.Generator,
         device: str | torch.device = "cpu",
-    ) -> PseudoData:
+    ) -> DynamicDataset:
         """Build with spc from :func:`resolve_images_per_class` and ``config.data_lr``."""
         spc = resolve_images_per_class(config, n_shot, n_query)
         return cls(teachers, spc, config.data_lr, generator, device)
@@ -324,7 +325,7 @@ class PseudoData:
         """The learnable image tensors, one per domain."""
         return [d.images for d in self.domains.values()]
 
-    def domain_of(self, classes: Sequence[int]) -> DynamicDataset:
+    def domain_of(self, classes: Sequence[int]) -> Domain:
         """The domain holding all ``classes``; ConfigError for unknown ids or mixed domains."""
         keys = {self._class_domain.get(int(c)) for c in classes}
         if None in keys:
@@ -335,10 +336,10 @@ class PseudoData:
         return self.domains[keys.pop()]
 
     def teacher_batch(self, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`DynamicDataset.teacher_batch` (the classes' domain is looked up)."""
+        """See :meth:`Domain.teacher_batch` (the classes' domain is looked up)."""
         return self.domain_of(classes).teacher_batch(classes)
 
-    def pick_domain(self, n_way: int, generator: torch.Generator) -> DynamicDataset:
+    def pick_domain(self, n_way: int, generator: torch.Generator) -> Domain:
         """One domain with at least ``n_way`` classes, with probability ∝ its number of classes.
 
         With a single domain no random number is drawn.
@@ -363,7 +364,7 @@ class PseudoData:
         channels: int | None = None,
         grad_scales: dict[DomainKey, torch.Tensor] | None = None,
     ) -> Episode:
-        """A pseudo episode from one domain (see :meth:`DynamicDataset.sample_episode`).
+        """A pseudo episode from one domain (see :meth:`Domain.sample_episode`).
 
         ``grad_scales``: per domain, the ``grad_scale`` of its classes (:meth:`class_scales`).
         """
@@ -420,7 +421,7 @@ class PseudoData:
             raise CheckpointError(f"{where}: optimizer state does not match ({exc})") from None
 
 
-def _check_domain_state(saved: Any, domain: DynamicDataset, where: str) -> None:
+def _check_domain_state(saved: Any, domain: Domain, where: str) -> None:
     if not isinstance(saved, dict) or "images" not in saved or "class_ids" not in saved:
         raise CheckpointError(f"{where}: expected 'class_ids' and 'images'")
     if tuple(saved["class_ids"]) != domain.class_ids:

@@ -1,8 +1,8 @@
-"""Inversion-loss terms and jitter (algorithm.md §2.3).
+"""Inversion-loss terms and jitter (docs/method.md §2.3).
 
 Pure functions of their tensor arguments: no state, no devices, no global RNG. They contain no
 ``.item()`` and no data-dependent control flow, so they also run per teacher inside
-``torch.func.vmap`` (the batched pool, :mod:`purer.inversion.batched`).
+``torch.func.vmap`` (the batched pool, :mod:`purer.inversion.teacher_pool`).
 
 Per teacher T with images X (its classes' slice of the dynamic dataset) and relative targets y:
 
@@ -49,7 +49,7 @@ def roll(x: torch.Tensor, shift: tuple[int, int]) -> torch.Tensor:
 
 
 def roll_jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Jitter (algorithm.md §2.3, step 1): one random cyclic roll shared by the whole batch.
+    """Jitter (docs/method.md §2.3, step 1): one random cyclic roll shared by the whole batch.
 
     Args:
         x: images [B, C, H, W].
@@ -67,7 +67,7 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
     Differences over the whole batch: horizontal ``x[..., :, 1:] - x[..., :, :-1]``, vertical
     ``x[..., 1:, :] - x[..., :-1, :]``, diagonal ``x[..., 1:, 1:] - x[..., :-1, :-1]`` and
-    anti-diagonal ``x[..., 1:, :-1] - x[..., :-1, 1:]`` (algorithm.md §2.3, step 3).
+    anti-diagonal ``x[..., 1:, :-1] - x[..., :-1, 1:]`` (docs/method.md §2.3, step 3).
 
     Args:
         x: images [..., H, W].
@@ -85,12 +85,12 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 def l2_prior(x: torch.Tensor) -> torch.Tensor:
-    """The L2 norm (not squared) of the whole tensor (algorithm.md §2.3, step 5). 0-d."""
+    """The L2 norm (not squared) of the whole tensor (docs/method.md §2.3, step 5). 0-d."""
     return torch.linalg.vector_norm(x)
 
 
 def bn_matching(stats: Sequence[BNStats], first_multiplier: float = 1.0) -> torch.Tensor:
-    """BatchNorm statistic matching (algorithm.md §2.3, step 4).
+    """BatchNorm statistic matching (docs/method.md §2.3, step 4).
 
     Args:
         stats: one :class:`BNStats` per BatchNorm layer in forward order: batch mean/var [C] of the
@@ -122,7 +122,7 @@ def inversion_terms(
     stats: Sequence[BNStats],
     config: InversionConfig,
 ) -> dict[str, torch.Tensor]:
-    """All terms of one teacher's inversion loss (algorithm.md §2.3, step 6).
+    """All terms of one teacher's inversion loss (docs/method.md §2.3, step 6).
 
     Args:
         logits: teacher output [B, num_outputs] (any float dtype; CE is computed in fp32).

@@ -1,15 +1,15 @@
-"""ICFIL: inversion calibration following the inner loop (algorithm.md §3.3).
+"""ICFIL: inversion calibration following the inner loop (docs/method.md §3.3).
 
-**This is a reconstruction.** The authors released no ICFIL code (algorithm.md §3.1); the paper
+**This is a reconstruction.** The authors released no ICFIL code (docs/method.md §3.1); the paper
 gives only a figure and captions (§3.2). Every design choice and default here is a proposal from
-algorithm.md §3.3, not the paper's. Results with ICFIL are always reported next to results without.
+docs/method.md §3.3, not the paper's. Results with ICFIL are always reported next to results without.
 
 Per test episode, after the ordinary inner loop produced the adapted state (φ', W'):
 
 1. **Episode inversion** (:func:`invert_adapted_model`): M pseudo images per class, initialised
    from N(0, 1) in normalised space, optimised with Adam through the *adapted* model (parameters
    frozen, gradients w.r.t. the images only) on CE + tv·TV + l2·L2 of the jittered images
-   (algorithm.md §2.3). ``bn_mode="support"`` adds matching of each BatchNorm input's batch
+   (docs/method.md §2.3). ``bn_mode="support"`` adds matching of each BatchNorm input's batch
    statistics to those of the real support set under φ' (an ablation; the default has no BN term
    because the meta model keeps no running statistics).
 2. **Feature calibration** (:func:`calibrate_features`): SGD on the feature extractor only (every
@@ -65,7 +65,7 @@ def supervised_contrastive_loss(
     negative_mask: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """SupCon / InfoNCE over explicit positive and negative sets (algorithm.md §3.3 step 3).
+    """SupCon / InfoNCE over explicit positive and negative sets (docs/method.md §3.3 step 3).
 
     For anchor i with positives P(i) and negatives N(i) (bank entries in neither set are ignored):
     ``s_ij = cos(a_i, b_j) / temperature`` and
@@ -175,7 +175,7 @@ def invert_adapted_model(
     config: IcfilConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthesise a pseudo support set from the adapted model (algorithm.md §3.3 step 2).
+    """Synthesise a pseudo support set from the adapted model (docs/method.md §3.3 step 2).
 
     Args:
         support_x: the real support images [S, C, H, W] (shape, device, BN targets).
@@ -307,7 +307,7 @@ def icfil_calibrate(
     n_way: int,
     generator: torch.Generator,
 ) -> AdaptedState:
-    """Calibrate an adapted model on one test episode (algorithm.md §3.3; a reconstruction).
+    """Calibrate an adapted model on one test episode (docs/method.md §3.3; a reconstruction).
 
     Args:
         model: the meta model (batch-statistics BN).

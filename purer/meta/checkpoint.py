@@ -1,7 +1,7 @@
 """Meta-training run files: the model payloads, resumable checkpoints, logs, grids and the summary.
 
 - ``meta_model.pt`` / ``last.pt``: the meta model and what is needed to rebuild and adapt it
-  (:func:`meta_model_payload`; read by :func:`purer.meta.evaluate.load_meta_model`).
+  (written and read by :mod:`purer.meta.model_file`).
 - ``checkpoint.pt``: the whole training state (:func:`checkpoint_state`: meta parameters and
   optimiser, the dynamic dataset and its optimiser, the gradient switch, every generator, the best
   validation so far with its ``meta_model.pt`` payload (rewritten on resume if a workflow deleted
@@ -29,9 +29,9 @@ import torch
 
 from purer.config import ExperimentConfig, to_dict
 from purer.errors import CheckpointError
-from purer.inversion.dataset import PseudoData, domain_name, save_png
+from purer.inversion.dataset import DynamicDataset, domain_name, save_png
 from purer.io import load_torch, save_torch, write_json, write_text
-from purer.meta.init import MetaModelSpec
+from purer.pipeline import fingerprint_modules
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +39,7 @@ CHECKPOINT_FORMAT = "purer-meta-train/1"
 RUN_OUTPUTS = ("meta_model.pt", "last.pt", "checkpoint.pt", "summary.json", "curve.jsonl", "val.jsonl")
 # settings that never change the numbers (a resumed run may change them)
 NEUTRAL_KEYS = ("checkpoint_interval", "grid_snapshots", "snapshots")
-CODE_MODULES = (
-    "purer.meta.train", "purer.meta.steps", "purer.meta.checkpoint", "purer.meta.init", "purer.meta.learners",
-    "purer.meta.evaluate",
-    "purer.inversion.curriculum", "purer.inversion.dataset", "purer.inversion.batched", "purer.inversion.losses",
-    "purer.models.backbones", "purer.models.pool", "purer.data.episodes",
-)
+CODE_MODULES = fingerprint_modules()  # the meta-training step's modules (purer/pipeline.py)
 
 
 def code_digest() -> str:
@@ -79,35 +74,13 @@ def fingerprint(config: ExperimentConfig, method: str, n_shot: int, seed: int, t
     return json.loads(json.dumps(value))
 
 
-def meta_model_payload(
-    spec: MetaModelSpec, params: dict[str, torch.Tensor], run: dict[str, Any], iteration: int, val_accuracy: float | None
-) -> dict[str, Any]:
-    """The ``meta_model.pt`` / ``last.pt`` dict.
-
-    Args:
-        spec: how to rebuild the model.
-        params: its parameters (copied to CPU).
-        run: ``mean``, ``std``, ``method``, ``n_shot``, ``seed`` and ``learner``
-            (``{algorithm, inner_lr, first_order}``).
-        iteration: the meta-iteration the weights are from (0 = the initialisation).
-        val_accuracy: their validation accuracy (percent), if validated.
-    """
-    return {
-        "state_dict": {name: p.detach().cpu().clone() for name, p in params.items()},
-        "architecture": spec.architecture, "arch_kwargs": dict(spec.arch_kwargs), "n_way": spec.n_way,
-        "input_size": spec.input_size, "channels": spec.channels, "mean": list(run["mean"]), "std": list(run["std"]),
-        "method": run["method"], "n_shot": run["n_shot"], "seed": run["seed"], "iteration": iteration,
-        "val_accuracy": val_accuracy, "learner": dict(run["learner"]),
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # The resumable state
 # --------------------------------------------------------------------------------------------
 
 
 def checkpoint_state(state: Any) -> dict[str, Any]:
-    """The resumable part of a trainer ``state`` (see :class:`purer.meta.train.State`)."""
+    """The resumable part of a trainer ``state`` (see :class:`purer.meta.state.MetaTrainState`)."""
     return {
         "iteration": state.iteration,
         "params": {name: p.detach().clone() for name, p in state.params.items()},
@@ -222,7 +195,7 @@ def grid_iterations(iterations: int, snapshots: int) -> set[int]:
     return {max(1, round(iterations * k / snapshots)) for k in range(1, snapshots + 1)}
 
 
-def write_grids(data: PseudoData, folder: Path, iteration: int) -> None:
+def write_grids(data: DynamicDataset, folder: Path, iteration: int) -> None:
     """``grid_iterNNNNN.png``: synthesized images, one row per class (one more file per extra domain)."""
     per_class = min(8, data.images_per_class)
     for i, key in enumerate(data.domains):

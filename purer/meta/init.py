@@ -1,6 +1,6 @@
 """The meta model: its shape, a seeded random initialisation, and the FedAvg initialisation.
 
-Implements the initialisations of algorithm.md §2.5 and the training-free baselines of §6:
+Implements the initialisations of docs/method.md §2.5 and the training-free baselines of §6:
 
 - **random**: the backbone's own initialisation (§1.3), drawn from a seed derived from
   ``(seed, "meta_init")`` inside ``torch.random.fork_rng`` so the caller's global RNG is untouched
@@ -27,6 +27,7 @@ from torch import nn
 from purer.config import ExperimentConfig
 from purer.errors import ConfigError
 from purer.models.backbones import build_backbone
+from purer.models.manifest import TeacherEntry
 from purer.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def arch_kwargs_of(architecture: str, arch_kwargs: dict[str, Any]) -> dict[str, 
     return {"width": int(arch_kwargs.get("width", 32)), "adaptive_pool": bool(arch_kwargs.get("adaptive_pool", False))}
 
 
-def meta_model_spec(config: ExperimentConfig, teachers: Sequence[Any], channels: int) -> MetaModelSpec:
+def meta_model_spec(config: ExperimentConfig, teachers: Sequence[TeacherEntry], channels: int) -> MetaModelSpec:
     """The meta model of ``config.meta_train`` for a pool of ``teachers``.
 
     Args:
@@ -70,7 +71,7 @@ def meta_model_spec(config: ExperimentConfig, teachers: Sequence[Any], channels:
 
 
 def build_meta_model(spec: MetaModelSpec, seed: int, device: str | torch.device = "cpu") -> nn.Module:
-    """The meta model with its seeded random initialisation (algorithm.md §1.3), on ``device``.
+    """The meta model with its seeded random initialisation (docs/method.md §1.3), on ``device``.
 
     Module initialisers draw from the global RNG, so they run on CPU inside ``fork_rng`` with the
     seed ``derive_seed(seed, "meta_init")``: the same seed gives the same weights on any device.
@@ -83,7 +84,7 @@ def build_meta_model(spec: MetaModelSpec, seed: int, device: str | torch.device 
     return model.to(device)
 
 
-def _teacher_signature(entry: Any) -> tuple:
+def _teacher_signature(entry: TeacherEntry) -> tuple:
     kwargs = arch_kwargs_of(entry.architecture, dict(entry.arch_kwargs))
     return (entry.architecture, kwargs.get("width"), kwargs.get("adaptive_pool"), int(entry.image_size),
             int(entry.channels), int(entry.num_outputs))
@@ -102,7 +103,7 @@ def _describe(signature: tuple, shown: list[int]) -> str:
     return " ".join(parts)
 
 
-def check_average_pool(spec: MetaModelSpec, teachers: Sequence[Any], hint: str = "") -> None:
+def check_average_pool(spec: MetaModelSpec, teachers: Sequence[TeacherEntry], hint: str = "") -> None:
     """Raise ConfigError unless every teacher matches the meta model (FedAvg needs one architecture).
 
     The message lists the pool's kinds of teachers with counts, e.g. ``conv4 ×5, resnet10 ×4``,

@@ -1,4 +1,4 @@
-"""Functional meta-learners: MAML, first-order MAML, ANIL and ProtoNet (algorithm.md §2.5, §9).
+"""Functional meta-learners: MAML, first-order MAML, ANIL and ProtoNet (docs/method.md §2.5, §9).
 
 All learners work on a ``{name: tensor}`` parameter dict through ``torch.func.functional_call``,
 so the same meta model serves every episode and the outer gradient flows back to the dict.
@@ -22,30 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from purer.data.episodes import Episode
 from purer.errors import ConfigError
 
 Params = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One few-shot task (relative labels 0..n_way-1).
-
-    Attributes:
-        support_x: [n_way * n_shot, C, H, W].
-        support_y: [n_way * n_shot] int64.
-        query_x: [n_way * n_query, C, H, W].
-        query_y: [n_way * n_query] int64.
-    """
-
-    support_x: torch.Tensor
-    support_y: torch.Tensor
-    query_x: torch.Tensor
-    query_y: torch.Tensor
-
-    @property
-    def n_way(self) -> int:
-        return int(self.support_y.max().item()) + 1 if self.support_y.numel() else 0
 
 
 @dataclass(frozen=True)
@@ -231,3 +211,37 @@ def _episode_from_tensors(
         support_x = support_x.contiguous(memory_format=torch.channels_last)
         query_x = query_x.contiguous(memory_format=torch.channels_last)
     return episode_loss(learner, model, params, Episode(support_x, support_y, query_x, query_y), steps)
+
+
+def reversed_outer_loss(
+    learner: GradientLearner | ProtoNet,
+    meta_model: nn.Module,
+    params: dict[str, torch.Tensor],
+    episode: Episode,
+    steps: int,
+    adv_scale: float,
+) -> torch.Tensor:
+    """``-adv_scale * L_outer`` of the current meta model on a non-detached pseudo episode.
+
+    The inner loop is always second-order (docs/method.md §2.6), so the support images receive
+    gradient through the adapted parameters and the query images through the outer loss. The meta
+    parameters enter as detached copies: differentiate the result with
+    ``torch.autograd.grad(loss, [images])`` only, so no gradient is computed or accumulated for the
+    meta model (docs/method.md §8 item 5).
+
+    Args:
+        learner: the meta-learner (a first-order one is run second-order here).
+        meta_model: the module ``params`` belong to.
+        params: the meta parameters θ (not modified, no gradient reaches them).
+        episode: a pseudo episode sampled from the images with their graph kept.
+        steps: inner steps (the train-time number).
+        adv_scale: weight of the reversed term.
+
+    Returns:
+        A 0-d tensor whose graph reaches the episode's images.
+    """
+    if isinstance(learner, GradientLearner) and learner.first_order:
+        learner = GradientLearner(learner.inner_lr, first_order=False, head_only=learner.head_only)
+    frozen = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+    loss, _ = episode_loss(learner, meta_model, frozen, episode, steps, create_graph=True)
+    return -adv_scale * loss

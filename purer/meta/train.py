@@ -1,11 +1,11 @@
-"""ECI meta-training and the training-time baselines (algorithm.md §2.8, §6).
+"""ECI meta-training and the training-time baselines (docs/method.md §2.8, §6).
 
 Methods: ``purer`` (ECI: the dynamic dataset inverted from the pool plus the gradient switch),
 ``ei`` (the same inversion, the switch never fires), ``random`` (no meta-training: the seeded
 random initialisation is the meta model) and ``average`` (no meta-training: the FedAvg of the
 teachers, one architecture only).
 
-One meta-iteration (algorithm.md §2.8; the steps are in :mod:`purer.meta.steps`):
+One meta-iteration (docs/method.md §2.8; run by the engine, :mod:`purer.meta.engine`):
 
 1. **data step**: the inversion loss of the pool (``teachers_per_step`` teachers if set), plus the
    reversed outer loss of a fresh non-detached pseudo episode when the switch is on; one Adam step
@@ -31,102 +31,48 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
-import os
-import shutil
 import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from purer import paths
-from purer.config import ExperimentConfig, MetaTrainConfig
+from purer.config import ExperimentConfig
 from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes
 from purer.errors import ConfigError
-from purer.inversion.batched import ResidentPool
 from purer.inversion.curriculum import GradientSwitch, class_strengths
-from purer.inversion.dataset import PseudoData
+from purer.inversion.dataset import DynamicDataset
+from purer.inversion.teacher_pool import ResidentPool
 from purer.io import append_jsonl, remove_stale_temporaries, save_torch
 from purer.meta import checkpoint as ckpt
+from purer.meta import engine
 from purer.meta.evaluate import evaluate
-from purer.meta.init import MetaModelSpec, initial_meta_model, meta_model_spec
+from purer.meta.init import initial_meta_model, meta_model_spec
 from purer.meta.learners import (
-    EpisodeFn,
     GradientLearner,
     ProtoNet,
     build_learner,
     episode_loss_fn,
     meta_parameters,
 )
-from purer.meta.steps import check_outer_loss, data_step, handle_nonfinite, meta_step
-from purer.models.pool import Manifest, cut_to_max_teachers, load_manifest, load_pool
-from purer.models.pretrain import resolve_device
+from purer.meta.model_file import meta_model_payload
+from purer.meta.state import MetaTrainRun, MetaTrainState
+from purer.models.manifest import cut_to_max_teachers, load_manifest, load_pool
 from purer.outputs import claim_output
+from purer.pipeline import METHODS, TRAINED
 from purer.runinfo import write_run_info
+from purer.runtime import require_compiler, resolve_device
 from purer.seeding import make_generator
 from purer.tracking import progress
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("purer", "ei", "random", "average")
-TRAINED = ("purer", "ei")
 GENERATORS = {"episodes": "device", "adv_episodes": "device", "jitter": "cpu", "teachers": "cpu"}
-CURVE_TERMS = {"loss_inv_total": "total", "loss_ce": "ce", "loss_tv": "tv", "loss_bn": "bn", "loss_l2": "l2",
-               "loss_adv": "adv", "adv_grad_ratio_median": "adv_ratio_median", "adv_grad_ratio_max": "adv_ratio_max"}
-REVERSED_ONLY = ("loss_adv", "adv_grad_ratio_median", "adv_grad_ratio_max")  # null without a reversed step
 INIT_HINT = "; set meta_train.init: random to start purer/ei from a random initialisation"
-
-
-@dataclass
-class Run:
-    """What is fixed for one run. ``info`` holds the ``meta_model.pt`` entries mean, std, method,
-    n_shot, seed and learner."""
-
-    config: ExperimentConfig
-    method: str
-    n_shot: int
-    seed: int
-    out_dir: Path
-    device: torch.device
-    manifest: Manifest
-    spec: MetaModelSpec
-    val_split: SplitData
-    val_episodes: EpisodeSet
-    fingerprint: dict[str, Any]
-    info: dict[str, Any]
-
-    @property
-    def mt(self) -> MetaTrainConfig:
-        return self.config.meta_train
-
-
-@dataclass
-class State:
-    """Everything that changes during meta-training (what ``checkpoint.pt`` holds)."""
-
-    meta_model: nn.Module
-    params: dict[str, torch.Tensor]
-    learner: GradientLearner | ProtoNet
-    optimizer: torch.optim.Optimizer | None = None
-    pool: ResidentPool | None = None
-    data: PseudoData | None = None
-    switch: GradientSwitch | None = None
-    generators: dict[str, torch.Generator] = field(default_factory=dict)
-    iteration: int = 0
-    best: dict[str, Any] = field(default_factory=lambda: {"accuracy": None, "ci95": None, "iteration": None})
-    curve_lines: int = 0
-    val_lines: int = 0
-    switch_events: int = 0
-    val_seconds: float = 0.0
-    resumed_from: int | None = None
-    best_model: dict[str, Any] | None = None  # the meta_model.pt payload (rewritten on resume if deleted)
-    episode_fn: EpisodeFn | None = None  # the meta step's episode loss (compiled with ``compile``)
 
 
 def meta_train(
@@ -160,7 +106,7 @@ def meta_train(
 
 
 @contextlib.contextmanager
-def claim_run(run: Run) -> Iterator[None]:
+def claim_run(run: MetaTrainRun) -> Iterator[None]:
     """Own the run folder for the rest of the step (after every input was read and checked):
     refuse a foreign folder or a second writer, then remove the temporaries a killed run left."""
     with claim_output(run.out_dir, "meta-train run folder"):
@@ -176,7 +122,7 @@ def prepare_run(
     seed: int,
     out_dir: str | Path | None = None,
     device: str | torch.device | None = None,
-) -> Run:
+) -> MetaTrainRun:
     """Check the arguments; load the manifest (cut to ``pool.max_teachers``) and the fixed
     validation episodes; fix the meta model's shape. Arguments as :func:`meta_train`."""
     if method not in METHODS:
@@ -196,7 +142,7 @@ def prepare_run(
     info = {"mean": split.mean, "std": split.std, "method": method, "n_shot": n_shot, "seed": seed, "learner": learner}
     out = Path(out_dir) if out_dir is not None else paths.run_dir(config, method, n_shot, seed)
     fingerprint = ckpt.fingerprint(config, method, n_shot, seed, list(manifest.teachers))
-    return Run(config, method, n_shot, seed, out, resolve_device(str(device or config.device)), manifest, spec,
+    return MetaTrainRun(config, method, n_shot, seed, out, resolve_device(str(device or config.device)), manifest, spec,
                *episode_subset(split, episodes), fingerprint, info)
 
 
@@ -207,22 +153,22 @@ def episode_subset(split: SplitData, episodes: EpisodeSet) -> tuple[SplitData, E
     return subset, dataclasses.replace(episodes, indices=torch.searchsorted(used, episodes.indices))
 
 
-def _learner(run: Run) -> GradientLearner | ProtoNet:
+def _learner(run: MetaTrainRun) -> GradientLearner | ProtoNet:
     lc = run.mt.learner
     return build_learner(lc.algorithm, lc.inner_lr, lc.first_order)
 
 
-def _head(run: Run) -> dict[str, Any]:
+def _head(run: MetaTrainRun) -> dict[str, Any]:
     init = run.mt.init if run.method in TRAINED else run.method
     return {"method": run.method, "n_way": run.spec.n_way, "n_shot": run.n_shot, "seed": run.seed,
             "n_teachers": len(run.manifest.teachers), "init": init, "learner": run.info["learner"]}
 
 
-def baseline(run: Run) -> dict[str, Any]:
+def baseline(run: MetaTrainRun) -> dict[str, Any]:
     """``random`` / ``average``: the initialisation is the meta model, validated once (iteration 0)."""
     loaded = load_pool(run.manifest, run.device) if run.method == "average" else None
     model = initial_meta_model(run.spec, run.method, loaded, run.seed, run.device)
-    state = State(model, meta_parameters(model), _learner(run))
+    state = MetaTrainState(model, meta_parameters(model), _learner(run))
     with claim_run(run):
         write_run_info(run.out_dir, run.config, method=run.method, n_shot=run.n_shot, seed=run.seed)
         ckpt.clear_run(run.out_dir)
@@ -236,21 +182,7 @@ def baseline(run: Run) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def require_compiler(compile: bool, device: torch.device) -> None:
-    """``compile: true`` on CPU needs a C++ compiler (torch's inductor builds kernels with it).
-
-    Raises:
-        ConfigError: naming the key, when no ``$CXX``, ``g++``, ``c++`` or ``clang++`` is on PATH.
-    """
-    if not compile or torch.device(device).type != "cpu":
-        return
-    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-    if not any(name and shutil.which(name) for name in candidates):
-        raise ConfigError("compile: true needs a C++ compiler on CPU (none of $CXX, g++, c++, clang++ is on PATH); "
-                          "install one or set compile: false")
-
-
-def build_state(run: Run) -> State:
+def build_state(run: MetaTrainRun) -> MetaTrainState:
     """Resident pool, meta model (``meta_train.init``), dynamic dataset, switch, generators."""
     mt, device = run.mt, run.device
     require_compiler(run.config.compile, device)
@@ -261,25 +193,25 @@ def build_state(run: Run) -> State:
     model.requires_grad_(False)  # the trained parameters are ``params`` (functional calls)
     params = meta_parameters(model)
     teachers = run.manifest.teachers
-    data = PseudoData.from_config(teachers, mt.inversion, run.n_shot, mt.n_query, make_generator(run.seed, "data_init"),
+    data = DynamicDataset.from_config(teachers, mt.inversion, run.n_shot, mt.n_query, make_generator(run.seed, "data_init"),
                                   device)
     generators = {name: make_generator(run.seed, name, device=device if where == "device" else "cpu")
                   for name, where in GENERATORS.items()}
     learner = _learner(run)
     episode_fn = episode_loss_fn(learner, model, mt.learner.inner_steps, run.config.channels_last, run.config.compile)
-    return State(model, params, learner, torch.optim.Adam(params.values(), lr=mt.outer_lr, fused=True), pool, data,
+    return MetaTrainState(model, params, learner, torch.optim.Adam(params.values(), lr=mt.outer_lr, fused=True), pool, data,
                  GradientSwitch.from_config(mt.curriculum, mt.iterations, enabled=run.method == "purer"), generators,
                  episode_fn=episode_fn)
 
 
-def train(run: Run) -> dict[str, Any]:
+def train(run: MetaTrainRun) -> dict[str, Any]:
     """Meta-train ``purer``/``ei`` from scratch or from a matching ``checkpoint.pt``."""
     state = build_state(run)
     with claim_run(run):
         return train_claimed(run, state)
 
 
-def train_claimed(run: Run, state: State) -> dict[str, Any]:
+def train_claimed(run: MetaTrainRun, state: MetaTrainState) -> dict[str, Any]:
     """:func:`train` once the run folder is this process's: resume or start, then iterate."""
     saved = ckpt.load_checkpoint(run.out_dir / "checkpoint.pt", run.fingerprint)  # read before any write
     if saved is None:
@@ -297,7 +229,7 @@ def train_claimed(run: Run, state: State) -> dict[str, Any]:
     with progress(total=iterations, desc=f"{run.method} {run.spec.n_way}w{run.n_shot}s") as bar:
         bar.update(state.iteration)
         for iteration in range(state.iteration + 1, iterations + 1):
-            record = train_iteration(run, state, iteration)
+            record = engine.train_iteration(run, state, iteration)
             append_jsonl(run.out_dir / "curve.jsonl", record)
             state.curve_lines += 1
             state.switch_events += int(record["switch"])
@@ -311,7 +243,7 @@ def train_claimed(run: Run, state: State) -> dict[str, Any]:
     return ckpt.write_summary(run.out_dir, _head(run) | strength_summary(run), state, run.fingerprint)
 
 
-def strength_summary(run: Run) -> dict[str, Any]:
+def strength_summary(run: MetaTrainRun) -> dict[str, Any]:
     """``reversed_strength``: min / median / max over classes of ρ_c, the reversed term's coefficient
     over the class's inversion coefficient in a step with all teachers (docs/reversed-strength.md);
     null for EI."""
@@ -323,7 +255,7 @@ def strength_summary(run: Run) -> dict[str, Any]:
     return {"reversed_strength": {"min": min(strengths), "median": statistics.median(strengths), "max": max(strengths)}}
 
 
-def after_iteration(run: Run, state: State, iteration: int, snapshots: set[int]) -> None:
+def after_iteration(run: MetaTrainRun, state: MetaTrainState, iteration: int, snapshots: set[int]) -> None:
     """Grids, validation and the checkpoint, each when due (the checkpoint last)."""
     last = iteration == run.mt.iterations
     if iteration in snapshots:
@@ -334,51 +266,7 @@ def after_iteration(run: Run, state: State, iteration: int, snapshots: set[int])
         ckpt.save_checkpoint(run.out_dir / "checkpoint.pt", ckpt.checkpoint_state(state), run.fingerprint)
 
 
-def train_iteration(run: Run, state: State, iteration: int) -> dict[str, Any]:
-    """One meta-iteration (data step, meta step, switch feedback); returns its curve record.
-
-    ``loss_outer`` is the meta-batch's mean outer loss, ``train_accuracy`` its mean query accuracy
-    (percent), ``loss_ce``/``loss_tv``/``loss_bn``/``loss_l2`` the teachers' mean unweighted terms,
-    ``loss_inv_total`` the weighted inversion loss summed over teachers and ``loss_adv`` the
-    reversed term added to the data loss (``null`` without a reversed step, as are the terms of a
-    skipped step).
-
-    Diagnostics: ``teacher_ce`` lists each teacher's own cross-entropy on its (jittered) images
-    before the step, in pool order (``null`` for a teacher not in the step), ``teacher_ce_max``
-    their maximum (``loss_ce`` is their mean); on a reversed step, ``adv_grad_ratio_median`` /
-    ``_max`` summarise ‖reversed gradient‖ / ‖inversion gradient‖ over the classes it reaches
-    (:func:`purer.meta.steps.gradient_ratios`).
-    """
-    start = time.perf_counter()
-    state.iteration = iteration
-    terms, reversed_on = data_step(run, state, iteration)
-    loss_outer, accuracy = meta_step(run, state)
-    logged = [loss_outer, accuracy, terms["finite"].float()] + [terms[k] for k in CURVE_TERMS.values()]
-    per_teacher = terms["ce_per_teacher"].to(logged[0].dtype)
-    values = torch.cat([torch.stack(logged), per_teacher]).tolist()  # the iteration's one host-device sync
-    teacher_ce = values[len(logged):]
-    values = values[: len(logged)]
-    finite = values.pop(2) == 1.0
-    if not finite:  # the image step was skipped on the device; stop, or log it and go on
-        handle_nonfinite(run, iteration, terms, reversed_on)
-        for name in REVERSED_ONLY:
-            values[2 + list(CURVE_TERMS).index(name)] = float("nan")
-    check_outer_loss(run, iteration, values[0])
-    switched = reversed_on and finite
-    if switched:
-        state.switch.consume()  # a skipped step leaves the switch on: the reversed step is retried
-    state.switch.observe(iteration, values[1])
-    record = {"iteration": iteration, "seconds": time.perf_counter() - start, "loss_outer": values[0],
-              "train_accuracy": values[1], "switch": switched}
-    for name, value in zip(CURVE_TERMS, values[2:], strict=True):
-        record[name] = value if math.isfinite(value) else None
-    finite_ce = [v for v in teacher_ce if math.isfinite(v)]
-    record["teacher_ce"] = [v if math.isfinite(v) else None for v in teacher_ce]
-    record["teacher_ce_max"] = max(finite_ce) if finite_ce else None
-    return record
-
-
-def validate(run: Run, state: State) -> dict[str, Any]:
+def validate(run: MetaTrainRun, state: MetaTrainState) -> dict[str, Any]:
     """Score the current parameters on the fixed val episodes; a new best becomes ``meta_model.pt``."""
     start = time.perf_counter()
     lc, mtest = run.mt.learner, run.config.meta_test
@@ -399,10 +287,10 @@ def validate(run: Run, state: State) -> dict[str, Any]:
     return record
 
 
-def save_model(run: Run, state: State, path: Path) -> dict[str, Any]:
+def save_model(run: MetaTrainRun, state: MetaTrainState, path: Path) -> dict[str, Any]:
     """Write (and return) the current parameters as a ``meta_model.pt``-style payload (with their val accuracy)."""
     validated = [r for r in ckpt.read_jsonl(run.out_dir / "val.jsonl") if r["iteration"] == state.iteration]
     accuracy = validated[-1]["accuracy"] if validated else None
-    payload = ckpt.meta_model_payload(run.spec, state.params, run.info, state.iteration, accuracy)
+    payload = meta_model_payload(run.spec, state.params, run.info, state.iteration, accuracy)
     save_torch(path, payload)
     return payload

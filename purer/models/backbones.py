@@ -1,4 +1,4 @@
-"""Backbones: Conv4, ResNet-10 and ResNet-18 for any input size and channel count (algorithm.md §1.3).
+"""Backbones: Conv4, ResNet-10 and ResNet-18 for any input size and channel count (docs/method.md §1.3).
 
 Every backbone exposes ``features(x) -> [B, D]`` and a linear ``head``; ``forward = head(features)``.
 Teachers keep BatchNorm running statistics (the inversion matches them); the meta model is built

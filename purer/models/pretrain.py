@@ -1,4 +1,4 @@
-"""Teacher pre-training (algorithm.md §1.2), with the reference bugs fixed (§8 item 13), resumable.
+"""Teacher pre-training (docs/method.md §1.2), with the reference bugs fixed (§8 item 13), resumable.
 
 One teacher is trained on its block's classes of the cached ``train`` split: for each class, the
 first ``1 - pool.val_fraction`` of its images (cache order) train and the rest validate; labels are
@@ -30,11 +30,12 @@ from torch import nn
 from purer import paths
 from purer.config import ExperimentConfig
 from purer.data.cache import SplitData, load_split
-from purer.errors import CheckpointError, ConfigError, DataError, PurerError
+from purer.errors import CheckpointError, DataError, PurerError
 from purer.io import load_torch, remove_stale_temporaries, save_torch, write_json
 from purer.models.backbones import build_backbone
 from purer.models.pool import TeacherSpec, read_cache_header, teacher_spec
 from purer.outputs import lock_folder
+from purer.runtime import resolve_device
 from purer.seeding import derive_seed, make_generator
 from purer.tracking import progress
 
@@ -192,7 +193,7 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def teacher_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: _Precision
 ) -> tuple[float, float]:
     """Accuracy (fraction) and mean cross-entropy of ``model`` in eval mode on ``x`` [N, C, H, W]
@@ -392,21 +393,13 @@ def _class_counts(config: ExperimentConfig, name: str) -> tuple[int, ...] | None
     return None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``config.device`` as a ``torch.device``; ConfigError if CUDA is asked for but absent."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available (use device: cpu)")
-    return device
-
-
 def train_teacher(
     config: ExperimentConfig,
     index: int,
     out_path: str | Path | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
-    """Train teacher ``index`` of the pool (algorithm.md §1.2) and write its checkpoint.
+    """Train teacher ``index`` of the pool (docs/method.md §1.2) and write its checkpoint.
 
     Writes ``out_path`` (the checkpoint dict of docs/architecture.md, plus ``local_classes``,
     ``mean``, ``std``), ``teacher_XX.json`` (per-epoch history) beside it, and, while training,
@@ -467,7 +460,7 @@ def _run_epochs(
             raise PurerError(f"teacher {spec.index}: the training loss is not finite at epoch {epoch + 1}; "
                              "check pool.lr, pool.grad_clip, precision")
         state.scheduler.step()
-        val_accuracy, val_loss = evaluate(state.model, data.val_x, data.val_y, precision)
+        val_accuracy, val_loss = teacher_accuracy(state.model, data.val_x, data.val_y, precision)
         state.epoch = epoch + 1
         if is_better(val_accuracy, val_loss, state.best_accuracy, state.best_loss):
             state.best_accuracy, state.best_loss, state.best_epoch = val_accuracy, val_loss, state.epoch

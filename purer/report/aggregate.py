@@ -2,7 +2,7 @@
 
 One row per ``metrics.json`` (a meta-test of one run, one test variant: plain, ICFIL or one of
 ICFIL's controls, purer/variants.py), then a summary per method variant, dataset and setting over
-seeds (algorithm.md §4):
+seeds (docs/method.md §4):
 
 - one seed: that seed's accuracy and its per-episode 95% CI (``ci_kind = "episodes"``);
 - several seeds: the mean of the per-seed accuracies and the Student t interval
@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,14 @@ import pandas as pd
 
 from purer.errors import DataError, PurerError
 from purer.io import read_yaml, write_json
+from purer.pipeline import REPORT_ORDER
 from purer.statistics import paired_difference, t_interval
 from purer.variants import ICFIL, NOISE, PLAIN, SUPPORT, VARIANT_PATTERN
 
 logger = logging.getLogger(__name__)
 
 VARIANT_NAMES = {"purer": "PURER", "ei": "EI (no curriculum)", "random": "Random", "average": "Average"}
-METHOD_ORDER = ("random", "average", "ei", "purer")  # baselines first, the method last (paper style)
+METHOD_ORDER = REPORT_ORDER  # baselines first, the method last (paper style)
 ICFIL_NOTE = "ICFIL is a reconstruction of the paper's description (no official code)"
 VARIANT_SUFFIXES = {
     PLAIN: "",
@@ -103,8 +105,9 @@ def method_rank(method: str) -> tuple[int, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def collect_metrics(root: str | Path) -> pd.DataFrame:
-    """One row per ``**/test/<dataset>/{plain,icfil}/metrics.json`` under ``root``.
+def collect_metrics(root: str | Path, files: Sequence[Path] | None = None) -> pd.DataFrame:
+    """One row per ``**/test/<dataset>/{plain,icfil}/metrics.json`` under ``root``, or per file of
+    ``files`` (the configured grid's, :func:`purer.grid.grid_tests`) that exists.
 
     Fields inside ``metrics.json`` win; the run's path
     (``[<experiment>/]<pool>/<method>/<n_way>w<n_shot>s/seed<k>/test/<dataset>/<plain|icfil>/``)
@@ -120,7 +123,10 @@ def collect_metrics(root: str | Path) -> pd.DataFrame:
         DataError: no metrics under ``root`` (naming the folder), or a malformed file (naming it).
     """
     root = Path(root)
-    files = sorted(p for p in root.glob("**/test/*/*/metrics.json") if VARIANT_PATTERN.match(p.parent.name))
+    if files is None:
+        files = sorted(p for p in root.glob("**/test/*/*/metrics.json") if VARIANT_PATTERN.match(p.parent.name))
+    else:
+        files = sorted(Path(p) for p in files if Path(p).is_file())
     if not files:
         raise DataError(
             f"no metrics found under {root}: expected <pool>/<method>/<n_way>w<n_shot>s/seed<k>/"

@@ -209,7 +209,7 @@ def curves_figure(runs: list[Run]) -> Figure | None:
     One column per setting, one row per quantity; within a row every panel shares the y axis, so
     methods and shots compare at a glance; hue = method, one line per seed. Accuracy panels carry
     a dashed chance line (``100 / n_way``); ticks along the bottom mark curriculum switches
-    (algorithm.md §2.6), coloured by method. Random and Average are not trained: they appear
+    (docs/method.md §2.6), coloured by method. Random and Average are not trained: they appear
     only in the validation row. Returns None when no run has a curve.
     """
     frame, events = _curve_frames(runs)

@@ -12,11 +12,11 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 try:
-    from purer import paths
+    from purer import grid, paths, pipeline
     from purer.config import load_config, read_yaml, to_dict
     from purer.errors import PurerError
     from purer.models.pool import n_teachers
-    from purer.variants import CONTROL_PATTERN, grid_variants
+    from purer.variants import CONTROL_PATTERN
 except ImportError as exc:
     if exc.name == "purer":
         raise WorkflowError(
@@ -113,54 +113,11 @@ def code(*modules):
     return [str(PKG / m) for m in modules]
 
 
-# Package modules each step runs, beyond the shared infrastructure (config, io, outputs, paths, seeding,
-# runinfo, tracking, errors, hostmem, cli/common, cli/main). tests/test_workflow.py checks these lists against the
-# import graph of each step's CLI module.
-SOURCE_MODULES = {
-    "glyphs": ["data/glyphs.py"],
-    "mini-imagenet": ["data/mini_imagenet.py", "data/images.py"],
-    "cifar-fs": ["data/cifar_fs.py", "data/images.py", "data/splits/train.txt", "data/splits/val.txt", "data/splits/test.txt"],
-    "folder": ["data/folder.py", "data/images.py"],
-}
-
-CODE = {
-    "prepare": code("cli/prepare.py", "data/registry.py", "data/cache.py"),
-    "pool": code("cli/pool.py", "models/pool.py", "models/pretrain.py", "models/backbones.py", "data/cache.py"),
-    "meta_train": code(
-        "cli/meta_train.py",
-        "variants.py",
-        "meta/train.py",
-        "meta/steps.py",
-        "meta/checkpoint.py",
-        "meta/init.py",
-        "meta/learners.py",
-        "meta/evaluate.py",
-        "meta/calibration.py",
-        "inversion/losses.py",
-        "inversion/dataset.py",
-        "inversion/batched.py",
-        "inversion/curriculum.py",
-        "models/pool.py",
-        "models/pretrain.py",
-        "models/backbones.py",
-        "data/episodes.py",
-        "data/cache.py",
-    ),
-    "meta_test": code(
-        "cli/meta_test.py",
-        "variants.py",
-        "meta/evaluate.py",
-        "meta/calibration.py",
-        "meta/learners.py",
-        "inversion/losses.py",
-        "models/backbones.py",
-        "data/episodes.py",
-        "data/cache.py",
-    ),
-    "report": code(
-        "cli/report.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py", "variants.py"
-    ),
-}
+# Package modules each step runs, beyond the shared infrastructure: one list, in purer/pipeline.py (also read
+# by the meta-training resume fingerprint). tests/test_workflow.py checks them against the import graph of each
+# step's CLI module.
+CODE = {step: code(*modules) for step, modules in pipeline.STEP_MODULES.items()}
+SOURCE_MODULES = pipeline.SOURCE_MODULES
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,20 +203,13 @@ VAL_SPLITS = [cache(name, "val") for name in CFG.pool.datasets]  # validation ep
 
 
 def grid_runs():
-    """(method, n_shot, seed) of every meta-training run in ``grid``."""
-    g = CFG.grid
-    return [(m, k, s) for m in g.methods for k in g.shots for s in g.seeds]
+    """(method, n_shot, seed) of every meta-training run in ``grid`` (purer.grid.grid_runs)."""
+    return grid.grid_runs(CFG)
 
 
 def grid_tests():
-    """Every meta-test ``metrics.json``: plain ones, and ICFIL ones with their controls for
-    ``grid.icfil_methods`` (purer.variants.grid_variants)."""
-    files = []
-    for method, n_shot, seed in grid_runs():
-        run = paths.run_dir(CFG, method, n_shot, seed)
-        for dataset in CFG.test_datasets:
-            files += [str(paths.test_dir(run, dataset, name) / "metrics.json") for name in grid_variants(CFG, method)]
-    return files
+    """Every meta-test ``metrics.json`` of the grid (purer.grid.grid_tests); the report reads these."""
+    return [str(path) for path in grid.grid_tests(CFG)]
 
 
 def grid_run_summaries():

@@ -1,8 +1,9 @@
-"""One ECI meta-iteration's two steps: the data step on the images and the meta step (algorithm.md §2.5-2.6).
+"""The ECI engine: one meta-iteration of data step, meta step and switch (docs/method.md §2.5-2.6, §2.8).
 
-Both work on a :class:`purer.meta.train.Run` (what is fixed) and :class:`purer.meta.train.State`
-(what changes); :func:`purer.meta.train.train_iteration` runs them and does the iteration's one
-host-device synchronisation. Neither step synchronises: the data step's non-finite check is a
+Everything works on a :class:`purer.meta.state.MetaTrainRun` (what is fixed) and a
+:class:`purer.meta.state.MetaTrainState` (what changes); :func:`train_iteration` runs the two steps,
+feeds the gradient switch (its protocol: :mod:`purer.inversion.curriculum`) and does the
+iteration's one host-device synchronisation. Neither step synchronises: the data step's non-finite check is a
 device flag that the fused Adam kernel reads (``found_inf``), reported by the caller through
 :func:`handle_nonfinite`.
 """
@@ -11,29 +12,33 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+import time
+from typing import Any
 
 import torch
 
 from purer.errors import PurerError
-from purer.inversion.curriculum import reversed_coefficients, reversed_outer_loss
-
-if TYPE_CHECKING:
-    from purer.inversion.dataset import PseudoData
-    from purer.meta.train import Run, State
+from purer.inversion.curriculum import reversed_coefficients
+from purer.inversion.dataset import DynamicDataset
+from purer.meta.learners import reversed_outer_loss
+from purer.meta.state import MetaTrainRun, MetaTrainState
 
 logger = logging.getLogger(__name__)
 
+CURVE_TERMS = {"loss_inv_total": "total", "loss_ce": "ce", "loss_tv": "tv", "loss_bn": "bn", "loss_l2": "l2",
+               "loss_adv": "adv", "adv_grad_ratio_median": "adv_ratio_median", "adv_grad_ratio_max": "adv_ratio_max"}
+REVERSED_ONLY = ("loss_adv", "adv_grad_ratio_median", "adv_grad_ratio_max")  # null without a reversed step
 
-def inversion_loss_fn(run: Run, state: State):
+
+def inversion_loss_fn(run: MetaTrainRun, state: MetaTrainState):
     """The vmapped pool loss or the per-teacher loop (same maths): vmap wins on GPU, the loop on CPU."""
     mode = run.mt.inversion.teacher_batching
     use_vmap = mode == "vmap" or (mode == "auto" and torch.device(run.device).type == "cuda")
     return state.pool.inversion_loss if use_vmap else state.pool.reference_inversion_loss
 
 
-def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.Tensor], bool]:
-    """One Adam step on the images (algorithm.md §2.6), without a host-device synchronisation.
+def data_step(run: MetaTrainRun, state: MetaTrainState, iteration: int) -> tuple[dict[str, torch.Tensor], bool]:
+    """One Adam step on the images (docs/method.md §2.6), without a host-device synchronisation.
 
     A non-finite loss or image gradient makes the fused Adam kernel skip the step on the device
     (its ``found_inf`` flag, as under AMP gradient scaling); :func:`train_iteration` reports it
@@ -52,7 +57,7 @@ def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.T
     subset = teacher_subset(run, state)
     loss, terms = inversion_loss_fn(run, state)(state.data, state.generators["jitter"], mt.inversion, subset)
     images = state.data.parameters()
-    grads = torch.autograd.grad(loss, images, allow_unused=True)  # the images only (algorithm.md §8.5)
+    grads = torch.autograd.grad(loss, images, allow_unused=True)  # the images only (docs/method.md §8.5)
     nan = torch.full((), float("nan"), device=run.device)
     adv, ratios = nan, (nan, nan)
     reversed_on = state.switch.is_on
@@ -72,7 +77,7 @@ def data_step(run: Run, state: State, iteration: int) -> tuple[dict[str, torch.T
     return dict(terms) | diagnostics, reversed_on
 
 
-def reversed_term(run: Run, state: State, subset: list[int] | None) -> torch.Tensor:
+def reversed_term(run: MetaTrainRun, state: MetaTrainState, subset: list[int] | None) -> torch.Tensor:
     """``−a · L_outer`` of a fresh non-detached pseudo episode, at the configured strength.
 
     With ``curriculum.adv_strength`` the gradient reaching each class's images is multiplied by
@@ -91,7 +96,7 @@ def reversed_term(run: Run, state: State, subset: list[int] | None) -> torch.Ten
 
 
 def gradient_ratios(
-    data: PseudoData, inversion: tuple[torch.Tensor | None, ...], reversed_: tuple[torch.Tensor | None, ...]
+    data: DynamicDataset, inversion: tuple[torch.Tensor | None, ...], reversed_: tuple[torch.Tensor | None, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Median and maximum of ‖g_rev,c‖ / ‖g_inv,c‖ over the classes both gradients reach.
 
@@ -119,7 +124,7 @@ def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return a + b
 
 
-def teacher_subset(run: Run, state: State) -> list[int] | None:
+def teacher_subset(run: MetaTrainRun, state: MetaTrainState) -> list[int] | None:
     """``teachers_per_step`` pool positions drawn without replacement (ascending), or None (all)."""
     k, n = run.mt.inversion.teachers_per_step, len(run.manifest.teachers)
     if k is None or k >= n:
@@ -156,7 +161,7 @@ def nonfinite_suspects(terms: list[str]) -> str:
     return "check " + ", ".join(n if n.startswith(("the ", "precision")) else f"meta_train.{n}" for n in names)
 
 
-def handle_nonfinite(run: Run, iteration: int, terms: dict[str, torch.Tensor], reversed_on: bool) -> None:
+def handle_nonfinite(run: MetaTrainRun, iteration: int, terms: dict[str, torch.Tensor], reversed_on: bool) -> None:
     """Raise a PurerError naming the iteration, the term and the settings to check (``stop``), or log a
     warning (``skip``)."""
     names = ("ce", "tv", "bn", "l2") + (("adv",) if reversed_on else ())
@@ -168,7 +173,7 @@ def handle_nonfinite(run: Run, iteration: int, terms: dict[str, torch.Tensor], r
     logger.warning("%s: skipping this data step (%s)", what, nonfinite_suspects(bad))
 
 
-def check_outer_loss(run: Run, iteration: int, loss_outer: float) -> None:
+def check_outer_loss(run: MetaTrainRun, iteration: int, loss_outer: float) -> None:
     """Stop when the outer (query) loss is not finite: its Adam step has already made the meta model
     non-finite, so no later iteration can recover (``on_nonfinite`` does not apply)."""
     if not math.isfinite(loss_outer):
@@ -177,8 +182,8 @@ def check_outer_loss(run: Run, iteration: int, loss_outer: float) -> None:
                          "meta_train.learner.inner_steps")
 
 
-def meta_step(run: Run, state: State) -> tuple[torch.Tensor, torch.Tensor]:
-    """``meta_batch_size`` episodes, summed outer losses, one Adam step (algorithm.md §2.5).
+def meta_step(run: MetaTrainRun, state: MetaTrainState) -> tuple[torch.Tensor, torch.Tensor]:
+    """``meta_batch_size`` episodes, summed outer losses, one Adam step (docs/method.md §2.5).
 
     Returns:
         The mean outer loss and the mean query accuracy (percent) of the meta-batch, 0-d tensors.
@@ -196,3 +201,47 @@ def meta_step(run: Run, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         accuracies.append(accuracy)
     state.optimizer.step()
     return torch.stack(losses).mean(), torch.stack(accuracies).mean() * 100.0
+
+
+def train_iteration(run: MetaTrainRun, state: MetaTrainState, iteration: int) -> dict[str, Any]:
+    """One meta-iteration (data step, meta step, switch feedback); returns its curve record.
+
+    ``loss_outer`` is the meta-batch's mean outer loss, ``train_accuracy`` its mean query accuracy
+    (percent), ``loss_ce``/``loss_tv``/``loss_bn``/``loss_l2`` the teachers' mean unweighted terms,
+    ``loss_inv_total`` the weighted inversion loss summed over teachers and ``loss_adv`` the
+    reversed term added to the data loss (``null`` without a reversed step, as are the terms of a
+    skipped step).
+
+    Diagnostics: ``teacher_ce`` lists each teacher's own cross-entropy on its (jittered) images
+    before the step, in pool order (``null`` for a teacher not in the step), ``teacher_ce_max``
+    their maximum (``loss_ce`` is their mean); on a reversed step, ``adv_grad_ratio_median`` /
+    ``_max`` summarise ‖reversed gradient‖ / ‖inversion gradient‖ over the classes it reaches
+    (:func:`gradient_ratios`).
+    """
+    start = time.perf_counter()
+    state.iteration = iteration
+    terms, reversed_on = data_step(run, state, iteration)
+    loss_outer, accuracy = meta_step(run, state)
+    logged = [loss_outer, accuracy, terms["finite"].float()] + [terms[k] for k in CURVE_TERMS.values()]
+    per_teacher = terms["ce_per_teacher"].to(logged[0].dtype)
+    values = torch.cat([torch.stack(logged), per_teacher]).tolist()  # the iteration's one host-device sync
+    teacher_ce = values[len(logged):]
+    values = values[: len(logged)]
+    finite = values.pop(2) == 1.0
+    if not finite:  # the image step was skipped on the device; stop, or log it and go on
+        handle_nonfinite(run, iteration, terms, reversed_on)
+        for name in REVERSED_ONLY:
+            values[2 + list(CURVE_TERMS).index(name)] = float("nan")
+    check_outer_loss(run, iteration, values[0])
+    switched = reversed_on and finite
+    if switched:
+        state.switch.consume()  # a skipped step leaves the switch on: the reversed step is retried
+    state.switch.observe(iteration, values[1])
+    record = {"iteration": iteration, "seconds": time.perf_counter() - start, "loss_outer": values[0],
+              "train_accuracy": values[1], "switch": switched}
+    for name, value in zip(CURVE_TERMS, values[2:], strict=True):
+        record[name] = value if math.isfinite(value) else None
+    finite_ce = [v for v in teacher_ce if math.isfinite(v)]
+    record["teacher_ce"] = [v if math.isfinite(v) else None for v in teacher_ce]
+    record["teacher_ce_max"] = max(finite_ce) if finite_ce else None
+    return record

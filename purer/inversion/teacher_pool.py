@@ -1,4 +1,4 @@
-"""The resident teacher pool and the inversion loss of all teachers (algorithm.md §2.3, §2.7, §8.1-8.4).
+"""The resident teacher pool and the inversion loss of all teachers (docs/method.md §2.3, §2.7, §8.1-8.4).
 
 Every teacher is loaded once, frozen and in eval mode, and stays on the device. Teachers that share
 (architecture, arch_kwargs, num_outputs, image_size, channels, block length) form a *group*: their
@@ -14,7 +14,7 @@ slice is rolled before the vmap (one gather of all the group's rows, one roll pe
 stack). :meth:`ResidentPool.reference_inversion_loss` is the plain per-teacher loop over the
 resident modules with the *same* shifts, so both are equal up to float rounding.
 
-Teacher weighting (algorithm.md §2.7): ``equal`` sums the teachers' totals; ``triangular``
+Teacher weighting (docs/method.md §2.7): ``equal`` sums the teachers' totals; ``triangular``
 reproduces the reference code, teacher at position j of K (in the ``teachers`` order) weighs K − j.
 ``teachers`` (a subset, PURER-Plus ``teachers_per_step``) is drawn by the caller.
 
@@ -47,9 +47,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from purer.config import InversionConfig
 from purer.errors import ConfigError
-from purer.inversion.dataset import PseudoData
+from purer.inversion.dataset import Domain, DynamicDataset
 from purer.inversion.losses import TERM_NAMES, draw_shifts, inversion_terms, roll
 from purer.models.backbones import record_bn_stats
+from purer.models.manifest import Manifest, TeacherEntry, load_pool
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +86,13 @@ class _Tables:
     """Per-data index tables: each teacher's domain, rows [B], relative targets [B], and its rows as
     a (start, length) span when they are consecutive (class-major data: a teacher's block of classes)."""
 
-    domains: list[Any]
+    domains: list[Domain]
     rows: list[torch.Tensor]
     targets: list[torch.Tensor]
     spans: list[tuple[int, int] | None]
 
 
-def group_key(entry: Any) -> tuple:
+def group_key(entry: TeacherEntry) -> tuple:
     """Teachers with equal keys share a vmap (same module structure and batch size)."""
     kwargs = tuple(sorted((str(k), repr(v)) for k, v in dict(entry.arch_kwargs).items()))
     return (entry.architecture, kwargs, int(entry.num_outputs), int(entry.image_size), int(entry.channels), len(entry.classes))
@@ -110,8 +111,8 @@ class ResidentPool:
     """All teachers of a pool, resident on ``device``, and their inversion loss.
 
     Args:
-        manifest: a :class:`purer.models.pool.Manifest`; loaded with
-            :func:`purer.models.pool.load_pool` unless ``loaded`` is given.
+        manifest: a :class:`purer.models.manifest.Manifest`; loaded with
+            :func:`purer.models.manifest.load_pool` unless ``loaded`` is given.
         device: where the teachers live.
         precision: ``"fp32"`` or ``"bf16"``. With bf16 the loop runs the teacher forwards under
             autocast; the vmapped groups (autocast does not reach inside ``vmap``) run with bf16
@@ -132,18 +133,16 @@ class ResidentPool:
 
     def __init__(
         self,
-        manifest: Any = None,
+        manifest: Manifest | None = None,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         channels_last: bool = False,
-        loaded: Sequence[tuple[Any, nn.Module]] | None = None,
+        loaded: Sequence[tuple[TeacherEntry, nn.Module]] | None = None,
         compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision: unknown {precision!r} (valid: {list(PRECISIONS)})")
         if loaded is None:
-            from purer.models.pool import load_pool
-
             loaded = load_pool(manifest, device)
         if not loaded:
             raise ConfigError("the teacher pool is empty")
@@ -185,7 +184,7 @@ class ResidentPool:
             forward = tuple({k: _to_bf16(v) for k, v in d.items()} for d in forward)
         return _Group(positions, base, params, buffers, *forward, {p: t for t, p in enumerate(positions)})
 
-    def tables(self, data: PseudoData) -> _Tables:
+    def tables(self, data: DynamicDataset) -> _Tables:
         """Index tables of ``data`` for every teacher (built once per data object)."""
         tables = self._tables.get(data)
         if tables is None:
@@ -219,12 +218,12 @@ class ResidentPool:
 
     def inversion_loss(
         self,
-        data: PseudoData,
+        data: DynamicDataset,
         generator: torch.Generator,
         config: InversionConfig,
         teachers: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, Terms]:
-        """Σ_j w_j · L_inv,j over the teachers, vmapped per group (algorithm.md §2.3, §2.7).
+        """Σ_j w_j · L_inv,j over the teachers, vmapped per group (docs/method.md §2.3, §2.7).
 
         Args:
             data: the dynamic dataset (gradients flow to its images only).
@@ -278,7 +277,7 @@ class ResidentPool:
 
     def reference_inversion_loss(
         self,
-        data: PseudoData,
+        data: DynamicDataset,
         generator: torch.Generator,
         config: InversionConfig,
         teachers: Sequence[int] | None = None,
