@@ -456,9 +456,12 @@ def grids_over_time_figure(runs: list[Run]) -> Figure | None:
     columns = max(len(grids) for _, grids in chosen.values())
     images = {key: [_read_image(path) for _, path in grids] for key, (_, grids) in chosen.items()}
     first = images[keys[0]][0]
-    height = min(8.0, 2.0 * first.shape[0] / first.shape[1]) + 0.4  # panels follow the grids' aspect
+    # panels follow the grids' aspect, at most 2.4 in tall: a tall grid (one row per class) would
+    # otherwise make a figure of several MB, most of it incompressible synthesized noise
+    # (grids.png shows a few classes at a readable size)
+    height = min(2.4, 1.6 * first.shape[0] / first.shape[1]) + 0.4
     with _style():
-        fig, axes = _figure(len(keys), columns, (2.0, height))
+        fig, axes = _figure(len(keys), columns, (1.6, height))
         for i, key in enumerate(keys):
             run, grids = chosen[key]
             for j in range(columns):
