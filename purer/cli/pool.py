@@ -15,6 +15,7 @@ from pathlib import Path
 from purer import paths
 from purer.cli.common import add_common_arguments, load, write_run_info
 from purer.config import ExperimentConfig
+from purer.errors import ConfigError
 from purer.models.manifest import write_manifest
 from purer.models.pool import coverage, teacher_spec, teacher_specs
 from purer.models.pretrain import estimate_pool, train_teacher
@@ -46,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Dispatch to the chosen action."""
     config = load(args)
+    if config.pool_manifest is not None and args.pool_command in ("train", "manifest"):
+        raise ConfigError(
+            f"the config brings its own pool (pool_manifest: {config.pool_manifest}): there is no pool to "
+            f"{'train' if args.pool_command == 'train' else 'gather'}; set pool_manifest: null to train one"
+        )
     {"train": _train, "manifest": _manifest, "list": _list}[args.pool_command](config, args)
 
 

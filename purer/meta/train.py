@@ -61,7 +61,7 @@ from purer.meta.learners import (
 )
 from purer.meta.model_file import meta_model_payload
 from purer.meta.state import MetaTrainRun, MetaTrainState
-from purer.models.manifest import cut_to_max_teachers, load_manifest, load_pool
+from purer.models.manifest import cut_to_max_teachers, load_config_manifest, load_pool
 from purer.outputs import claim_output
 from purer.pipeline import METHODS, TRAINED
 from purer.runinfo import write_run_info
@@ -130,7 +130,7 @@ def prepare_run(
     if n_shot < 1:
         raise ConfigError(f"n_shot: expected at least 1, got {n_shot}")
     mt, first = config.meta_train, config.pool.datasets[0]
-    manifest = load_manifest(paths.manifest_path(config))
+    manifest = load_config_manifest(config)
     if config.pool.max_teachers is not None:
         manifest = dataclasses.replace(manifest, teachers=cut_to_max_teachers(config, manifest.teachers))
     split = load_split(paths.dataset_cache(config, first, "val"))
