@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from purer import paths
+from purer import manual, paths
 from purer.cli.common import add_common_arguments, load, write_run_info
 from purer.config import ExperimentConfig
 from purer.errors import ConfigError
@@ -56,7 +56,14 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _pool_dir(config: ExperimentConfig, args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else paths.pool_dir(config)
+    """``--out``; with ``--set`` overrides the manual folder's pool (purer/manual.py); else the pipeline's."""
+    if args.out:
+        return Path(args.out)
+    if args.overrides:
+        folder = paths.pool_dir(manual.manual_config(config, args.overrides))
+        manual.announce(folder)
+        return folder
+    return paths.pool_dir(config)
 
 
 def _train(config: ExperimentConfig, args: argparse.Namespace) -> None:
@@ -67,6 +74,7 @@ def _train(config: ExperimentConfig, args: argparse.Namespace) -> None:
     check_output_folder(out_dir, "pool folder", POOL_FILES)
     train_teacher(config, args.teacher, out_dir / paths.teacher_path(config, args.teacher).name)
     write_run_info(out_dir, config)  # after the inputs were read and the folder claimed
+    _record(config, args)
 
 
 def _manifest(config: ExperimentConfig, args: argparse.Namespace) -> None:
@@ -74,6 +82,12 @@ def _manifest(config: ExperimentConfig, args: argparse.Namespace) -> None:
     check_output_folder(out_dir, "pool folder", POOL_FILES)
     write_manifest(config, out_dir)
     write_run_info(out_dir, config)
+    _record(config, args)
+
+
+def _record(config: ExperimentConfig, args: argparse.Namespace) -> None:
+    if args.overrides and not args.out:
+        manual.record_overrides(manual.manual_config(config, args.overrides), args.config, args.overrides)
 
 
 def _list(config: ExperimentConfig, args: argparse.Namespace) -> None:
