@@ -8,6 +8,7 @@ import yaml
 from pool_helpers import fake_checkpoint, setup_pool
 
 from purer import paths
+from purer.manual import manual_config
 from purer.cli.main import main
 from purer.config import load_config
 from purer.errors import CheckpointError, ConfigError
@@ -255,10 +256,11 @@ def test_cli_list_and_train(tmp_path, capsys):
     assert "teacher checkpoint not found" in capsys.readouterr().err
     for i in range(2):
         assert main(["pool", "train", *two, "--teacher", str(i)]) == 0
-    assert paths.teacher_path(config, 1).is_file() and not paths.teacher_path(config, 2).exists()
-    assert (paths.pool_dir(config) / "config.resolved.yaml").is_file()
+    own = manual_config(config, first_two[1::2])  # --set: a manual pool (purer/manual.py)
+    assert paths.teacher_path(own, 1).is_file() and not paths.teacher_path(own, 2).exists()
+    assert (paths.pool_dir(own) / "config.resolved.yaml").is_file() and not paths.pool_dir(config).exists()
     assert main(["pool", "manifest", *two]) == 0
-    manifest = load_manifest(paths.manifest_path(config))
+    manifest = load_manifest(paths.manifest_path(own))
     assert [t.classes for t in manifest.teachers] == [(0, 1, 2), (3, 4, 5)]
     assert all(0 <= t.val_accuracy <= 1 for t in manifest.teachers)
 
