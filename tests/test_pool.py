@@ -8,10 +8,10 @@ import yaml
 from pool_helpers import fake_checkpoint, setup_pool
 
 from purer import paths
-from purer.manual import manual_config
 from purer.cli.main import main
 from purer.config import load_config
 from purer.errors import CheckpointError, ConfigError
+from purer.manual import manual_config
 from purer.models.backbones import build_backbone
 from purer.models.manifest import load_manifest, load_pool, load_teacher, write_manifest
 from purer.models.pool import n_teachers, partition_classes, teacher_spec, teacher_specs

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from byo_nets import make_small_conv
+
 from purer import paths
 from purer.config import load_config
 from purer.data.cache import load_split

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from purer.errors import DataError, PurerError
-from purer.manual import is_manual
 from purer.io import read_yaml, write_json
+from purer.manual import is_manual
 from purer.pipeline import REPORT_ORDER
 from purer.statistics import paired_difference, t_interval
 from purer.variants import ICFIL, NOISE, PLAIN, SUPPORT, VARIANT_PATTERN
