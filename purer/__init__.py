@@ -14,7 +14,7 @@ __all__ = [*_API, "__version__"]
 
 def __getattr__(name: str):
     if name in _API:
-        from purer import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module("purer.api"), name)
     raise AttributeError(f"module 'purer' has no attribute {name!r}")
