@@ -44,6 +44,8 @@ MAX_SNAPSHOTS = 1000  # PNG grids written during meta-training
 MAX_STEPS = 10_000_000  # epochs, meta-iterations, warm-up, patience, ICFIL steps
 MAX_TEACHERS = 10_000
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # one path component, as the workflow schema
+FACTORY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")  # module:callable
+ARCHITECTURE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # an architecture name
 
 
 @dataclass(frozen=True)
@@ -384,9 +386,19 @@ class ExperimentConfig:
     meta_test: MetaTestConfig = field(default_factory=MetaTestConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    # bring your own pool (examples/byo_pool/README.md): an existing manifest replaces teacher training
+    pool_manifest: str | None = None  # path of a pool manifest.yaml; null = train the pool from `pool`
+    custom_architectures: dict[str, str] = field(default_factory=dict)  # name -> "module:factory" (imported)
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment), "experiment", "a non-empty name", self.experiment)
+        if self.pool_manifest is not None:
+            _require(bool(self.pool_manifest.strip()), "pool_manifest", "a file path or null", self.pool_manifest)
+        for name, factory in self.custom_architectures.items():
+            _require(ARCHITECTURE_PATTERN.fullmatch(name) is not None, "custom_architectures",
+                     "names of letters, digits and '_' (starting with a letter)", name)
+            _require(FACTORY_PATTERN.fullmatch(factory) is not None, f"custom_architectures.{name}",
+                     "'module.path:callable', e.g. 'my_nets:make_wide_conv'", factory)
         require_name(self.experiment, "experiment")
         for name in self.datasets:
             require_name(name, "datasets")

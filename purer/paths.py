@@ -48,6 +48,9 @@ def teacher_path(config: ExperimentConfig, index: int) -> Path:
 
 
 def manifest_path(config: ExperimentConfig) -> Path:
+    """The pool manifest: ``pool_manifest`` when the config brings its own pool, else the trained pool's."""
+    if config.pool_manifest is not None:
+        return Path(config.pool_manifest)
     return pool_dir(config) / "manifest.yaml"
 
 

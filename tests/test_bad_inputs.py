@@ -395,7 +395,7 @@ def test_nonfinite_data_loss_stops(copy, capsys):
 
 def test_nonfinite_data_loss_can_be_skipped(copy, capsys):
     _poison_teacher(copy)
-    assert main(_train(copy, "--set", "meta_train.inversion.on_nonfinite=skip")) == 0
+    assert main(_train(copy, "--set", "meta_train.inversion.on_nonfinite=skip", "--out", str(_run(copy, 5)))) == 0
     err = capsys.readouterr().err
     assert "not finite at meta-iteration 1 (term ce): skipping this data step" in err
     curve = [json.loads(line) for line in (_run(copy, 5) / "curve.jsonl").read_text().splitlines()]

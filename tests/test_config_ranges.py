@@ -71,7 +71,8 @@ def _numeric_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[
             keys += _numeric_keys(hint, key + ".")
             continue
         if typing.get_origin(hint) is dict:
-            keys += _numeric_keys(typing.get_args(hint)[1], key + ".<name>.")
+            if dataclasses.is_dataclass(typing.get_args(hint)[1]):  # dict[str, str] holds no number
+                keys += _numeric_keys(typing.get_args(hint)[1], key + ".<name>.")
             continue
         inner = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
         inner = {typing.get_args(a)[0] if typing.get_origin(a) is tuple else a for a in inner}

@@ -37,14 +37,12 @@ def experiment(tmp_path, monkeypatch) -> Path:
     return tmp_path / "results" / "x"
 
 
-def test_metrics_per_variant_and_setting_with_the_t_interval_over_seeds(experiment):
+def test_metrics_are_the_headline(experiment):
+    """Four numbers at most per setting: PURER's accuracy (mean of 40 and 44), no paired difference
+    here (the hand-made results have no per-episode accuracies); tests/test_dvc_readable.py has more."""
     assert main(["--config", "x.yaml"]) == 0
     metrics = json.loads((experiment / "metrics.json").read_text(encoding="utf-8"))
-    assert list(metrics) == ["ei", "purer", "purer+ICFIL-reconstruction"]
-    # mean of 40 and 44; t-interval over 2 seeds: t(0.975, 1) * sd / sqrt(2) = 12.706 * 2.828 / 1.414
-    assert metrics["purer"]["5w1s"]["acc"] == 42.0
-    assert metrics["purer"]["5w1s"]["ci95"] == pytest.approx(25.41, abs=0.01)
-    assert metrics["purer+ICFIL-reconstruction"]["5w1s"]["acc"] == 52.0
+    assert metrics == {"1s": {"purer": 42.0}}
 
 
 def test_plot_data_names_the_interval_and_the_chance_level(experiment):
@@ -65,5 +63,4 @@ def test_a_rerun_removes_a_variant_that_disappeared(experiment):
     for path in (experiment / "glyphs" / "ei").glob("**/metrics.json"):
         path.unlink()
     main(["--config", "x.yaml"])
-    assert "ei" not in json.loads((experiment / "metrics.json").read_text(encoding="utf-8"))
     assert "ei" not in set(pd.read_csv(experiment / "plots" / "accuracy.csv")["variant"])

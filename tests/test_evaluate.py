@@ -236,7 +236,7 @@ def test_missing_meta_model_is_reported(tmp_path):
 
 def test_cli_tests_every_dataset_and_writes_the_average(tmp_path, capsys):
     config_path, config = tiny_config(tmp_path, datasets={"toy": 16, "big": 32})
-    run = paths.run_dir(config, "purer", 1, config.seed)
+    run = paths.run_dir(config, "purer", 1, config.grid.seeds[0])  # --seed defaults to the grid's first
     write_meta_model(run / "meta_model.pt")
     assert main(["meta-test", "--config", str(config_path), "--method", "purer", "--n-shot", "1"]) == 0
     toy, big, average = (json.loads((run / "test" / d / "plain" / "metrics.json").read_text()) for d in ("toy", "big", "average"))

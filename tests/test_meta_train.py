@@ -16,7 +16,7 @@ from purer import runtime as runtime_module
 from purer.cli.main import main
 from purer.config import load_config
 from purer.data.cache import save_split
-from purer.errors import ConfigError, PurerError
+from purer.errors import CheckpointError, ConfigError, PurerError
 from purer.inversion.teacher_pool import ResidentPool
 from purer.meta import engine as engine_module
 from purer.meta import train as train_module
@@ -249,7 +249,10 @@ def test_changed_config_does_not_resume(pool, tmp_path, monkeypatch):
         _kill_after_checkpoint(patch, 3)
         with pytest.raises(KeyboardInterrupt):
             meta_train(_config(pool), "purer", 1, 0, out)
-    summary = meta_train(_config(pool, "meta_train.outer_lr=0.02"), "purer", 1, 0, out)
+    # the killed run's meta_model.pt is kept: a run of another configuration is refused, --restart discards it
+    with pytest.raises(CheckpointError, match=f"{out} holds meta_model.pt of a run with another configuration"):
+        meta_train(_config(pool, "meta_train.outer_lr=0.02"), "purer", 1, 0, out)
+    summary = meta_train(_config(pool, "meta_train.outer_lr=0.02"), "purer", 1, 0, out, restart=True)
     assert summary["resumed_from"] is None and len(_curve(out)) == 6
 
 

@@ -11,6 +11,7 @@ from purer import paths
 from purer.cli.main import main
 from purer.config import load_config
 from purer.errors import CheckpointError, ConfigError
+from purer.manual import manual_config
 from purer.models.backbones import build_backbone
 from purer.models.manifest import load_manifest, load_pool, load_teacher, write_manifest
 from purer.models.pool import n_teachers, partition_classes, teacher_spec, teacher_specs
@@ -255,10 +256,11 @@ def test_cli_list_and_train(tmp_path, capsys):
     assert "teacher checkpoint not found" in capsys.readouterr().err
     for i in range(2):
         assert main(["pool", "train", *two, "--teacher", str(i)]) == 0
-    assert paths.teacher_path(config, 1).is_file() and not paths.teacher_path(config, 2).exists()
-    assert (paths.pool_dir(config) / "config.resolved.yaml").is_file()
+    own = manual_config(config, first_two[1::2])  # --set: a manual pool (purer/manual.py)
+    assert paths.teacher_path(own, 1).is_file() and not paths.teacher_path(own, 2).exists()
+    assert (paths.pool_dir(own) / "config.resolved.yaml").is_file() and not paths.pool_dir(config).exists()
     assert main(["pool", "manifest", *two]) == 0
-    manifest = load_manifest(paths.manifest_path(config))
+    manifest = load_manifest(paths.manifest_path(own))
     assert [t.classes for t in manifest.teachers] == [(0, 1, 2), (3, 4, 5)]
     assert all(0 <= t.val_accuracy <= 1 for t in manifest.teachers)
 

@@ -227,7 +227,7 @@ def test_coverage_line_names_blocks_and_classes(tmp_path, capsys):
     assert specs[0].block in (0, 1) and specs[1].block in (2, 3)
     every = coverage(load_config(path, ["pool.max_teachers=null"]))
     assert every.startswith("pool covers 4 of 4 blocks: blocks 0, 1, 2, 3; 10 of 10 meta-train classes: class00, ")
-    train = ["pool", "train", "-c", str(path), "--teacher", "0", "--set", "pool.epochs=1"]
+    train = ["pool", "train", "-c", str(path), "--teacher", "0", "--set", "pool.epochs=1", "--out", str(paths.pool_dir(config))]
     assert main([*train, "--set", "pool.conv4_width=4"]) == 0
     assert f"INFO purer.cli.pool: {line}\n" in capsys.readouterr().err
     fake_checkpoint(specs[1], paths.teacher_path(config, 1), seed=1)  # a stand-in for the other teacher

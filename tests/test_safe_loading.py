@@ -333,7 +333,7 @@ def test_a_second_meta_train_on_the_same_run_is_refused_and_the_run_stays_intact
 
 def test_a_second_writer_of_one_teacher_is_refused_but_other_teachers_go_on(copy, capsys, tmp_path):
     pool = _pool(copy)
-    argv = ["pool", "train", "-c", str(copy), "--teacher", "0", "--set", "pool.epochs=40"]
+    argv = ["pool", "train", "-c", str(copy), "--teacher", "0", "--set", "pool.epochs=40", "--out", str(pool)]
     first = subprocess.Popen([sys.executable, "-m", "purer", *argv], env=_child_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -412,7 +412,7 @@ def test_pool_train_refuses_a_foreign_out_folder(setup, capsys, tmp_path):
 
 def _fresh_run(config_file: Path) -> Path:
     """The copy's seed-0 run, rerun so that its fingerprint holds the copy's teacher paths."""
-    assert main(_train(config_file, seed=0)) == 0
+    assert main(_train(config_file, "--restart", seed=0)) == 0
     return _run(config_file)
 
 
@@ -556,4 +556,4 @@ def test_an_output_file_that_is_a_folder(copy, capsys):
     (run / "last.pt").mkdir()
     for name in ("checkpoint.pt", "summary.json"):  # start over: the old outputs are cleared first
         (run / name).unlink()
-    fails(capsys, _train(copy, seed=0), f"{re.escape(str(run / 'last.pt'))}: Is a directory$")
+    fails(capsys, _train(copy, "--restart", seed=0), f"{re.escape(str(run / 'last.pt'))}: Is a directory$")

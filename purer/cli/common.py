@@ -16,7 +16,7 @@ from purer.pipeline import METHODS
 from purer.runinfo import write_run_info
 from purer.runtime import resolve_speed_settings
 
-__all__ = ["add_common_arguments", "add_run_arguments", "load", "write_run_info"]
+__all__ = ["add_common_arguments", "add_run_arguments", "load", "run_seed", "write_run_info"]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,18 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, check_method: bool = T
     help_text = f"meta-training method ({', '.join(METHODS)})"
     parser.add_argument("--method", required=True, choices=METHODS if check_method else None, help=help_text)
     parser.add_argument("--n-shot", type=int, required=True, metavar="K", help="support images per class")
-    parser.add_argument("--seed", type=int, default=None, help="run seed (default: the config's seed)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="run seed (default: the first of grid.seeds, as the pipeline's first run)"
+    )
+
+
+def run_seed(config: ExperimentConfig, args: argparse.Namespace) -> int:
+    """``--seed``, or the grid's first run seed (``grid.seeds[0]``): the run the pipeline writes for it.
+
+    The experiment seed (``seed``) is another thing: it seeds the fixed validation and test
+    episodes and the teachers, never a run.
+    """
+    return config.grid.seeds[0] if args.seed is None else args.seed
 
 
 def load(args: argparse.Namespace) -> ExperimentConfig:

@@ -9,6 +9,10 @@ support-only fine-tuning flag; see purer/variants.py). Without ``--dataset`` eve
 the config is evaluated separately and, when there are several, their mean is written to
 ``<run>/test/average/<variant>/metrics.json``. ``--out DIR`` replaces ``<run>/test``.
 ICFIL is a reconstruction of the paper's description (docs/method.md §3.3).
+
+The seed defaults to the grid's first (``grid.seeds[0]``). With ``--set`` overrides (and no
+``--out``) the test is a manual one: written under ``<results_dir>/<experiment>/manual/<key>/``
+(purer/manual.py), of the manual run there if it exists, else of the pipeline's run.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from purer import paths
-from purer.cli.common import add_common_arguments, add_run_arguments, load
+from purer import manual, paths
+from purer.cli.common import add_common_arguments, add_run_arguments, load, run_seed
 from purer.errors import ConfigError
 from purer.meta.meta_test import AVERAGE, meta_test, write_average
 from purer.outputs import check_output_folder
@@ -42,9 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Meta-test one run on one or every test dataset."""
     config = load(args)
-    seed = config.seed if args.seed is None else args.seed
+    seed = run_seed(config, args)
     seed_everything(config.seed)
     run_dir = Path(args.run) if args.run else paths.run_dir(config, args.method, args.n_shot, seed)
+    own = None
+    if args.overrides and args.out is None:  # a manual test: written in the manual run folder
+        own = manual.manual_config(config, args.overrides)
+        own_run = paths.run_dir(own, args.method, args.n_shot, seed)
+        if not args.run and (own_run / "meta_model.pt").is_file():
+            run_dir = own_run
+        args.out = str(own_run / "test")
+        manual.announce(own_run / "test")
     datasets = [args.dataset] if args.dataset else list(config.test_datasets)
     if args.icfil and args.variant not in (None, ICFIL):
         raise ConfigError(f"--icfil and --variant {args.variant} contradict each other (give one)")
@@ -58,6 +70,8 @@ def run(args: argparse.Namespace) -> None:
     ]
     if len(results) > 1:
         write_average(run_dir, results, mode, _out(args, AVERAGE, mode))
+    if own is not None:
+        manual.record_overrides(own, args.config, args.overrides)
 
 
 def _out(args: argparse.Namespace, dataset: str, mode: str) -> Path | None:

@@ -12,9 +12,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from purer import paths
+from purer import manual, paths
 from purer.cli.common import add_common_arguments, load, write_run_info
 from purer.config import ExperimentConfig
+from purer.errors import ConfigError
 from purer.models.manifest import write_manifest
 from purer.models.pool import coverage, teacher_spec, teacher_specs
 from purer.models.pretrain import estimate_pool, train_teacher
@@ -46,11 +47,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Dispatch to the chosen action."""
     config = load(args)
+    if config.pool_manifest is not None and args.pool_command in ("train", "manifest"):
+        raise ConfigError(
+            f"the config brings its own pool (pool_manifest: {config.pool_manifest}): there is no pool to "
+            f"{'train' if args.pool_command == 'train' else 'gather'}; set pool_manifest: null to train one"
+        )
     {"train": _train, "manifest": _manifest, "list": _list}[args.pool_command](config, args)
 
 
 def _pool_dir(config: ExperimentConfig, args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else paths.pool_dir(config)
+    """``--out``; with ``--set`` overrides the manual folder's pool (purer/manual.py); else the pipeline's."""
+    if args.out:
+        return Path(args.out)
+    if args.overrides:
+        folder = paths.pool_dir(manual.manual_config(config, args.overrides))
+        manual.announce(folder)
+        return folder
+    return paths.pool_dir(config)
 
 
 def _train(config: ExperimentConfig, args: argparse.Namespace) -> None:
@@ -61,6 +74,7 @@ def _train(config: ExperimentConfig, args: argparse.Namespace) -> None:
     check_output_folder(out_dir, "pool folder", POOL_FILES)
     train_teacher(config, args.teacher, out_dir / paths.teacher_path(config, args.teacher).name)
     write_run_info(out_dir, config)  # after the inputs were read and the folder claimed
+    _record(config, args)
 
 
 def _manifest(config: ExperimentConfig, args: argparse.Namespace) -> None:
@@ -68,6 +82,12 @@ def _manifest(config: ExperimentConfig, args: argparse.Namespace) -> None:
     check_output_folder(out_dir, "pool folder", POOL_FILES)
     write_manifest(config, out_dir)
     write_run_info(out_dir, config)
+    _record(config, args)
+
+
+def _record(config: ExperimentConfig, args: argparse.Namespace) -> None:
+    if args.overrides and not args.out:
+        manual.record_overrides(manual.manual_config(config, args.overrides), args.config, args.overrides)
 
 
 def _list(config: ExperimentConfig, args: argparse.Namespace) -> None:

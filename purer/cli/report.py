@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from purer import paths
+from purer import manual, paths
 from purer.cli import common
 from purer.cli.common import add_common_arguments
 from purer.errors import ConfigError
@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> None:
     from purer.report import aggregate, figures, tables  # pandas/seaborn: only when reporting
 
     config = common.load(args)
+    if args.overrides and not args.root and not args.out:  # the report of the manual runs of these overrides
+        config = manual.manual_config(config, args.overrides)
+        manual.announce(paths.report_dir(config))
     root = Path(args.root) if args.root else paths.experiment_dir(config)
     out = Path(args.out) if args.out else paths.report_dir(config)
     tables.check_formats(config.report.formats)

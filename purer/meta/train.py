@@ -43,7 +43,7 @@ from purer import paths
 from purer.config import ExperimentConfig
 from purer.data.cache import SplitData, load_split
 from purer.data.episodes import EpisodeSet, fixed_episodes
-from purer.errors import ConfigError
+from purer.errors import CheckpointError, ConfigError
 from purer.inversion.curriculum import GradientSwitch, class_strengths
 from purer.inversion.dataset import DynamicDataset
 from purer.inversion.teacher_pool import ResidentPool
@@ -61,7 +61,7 @@ from purer.meta.learners import (
 )
 from purer.meta.model_file import meta_model_payload
 from purer.meta.state import MetaTrainRun, MetaTrainState
-from purer.models.manifest import cut_to_max_teachers, load_manifest, load_pool
+from purer.models.manifest import cut_to_max_teachers, load_config_manifest, load_pool
 from purer.outputs import claim_output
 from purer.pipeline import METHODS, TRAINED
 from purer.runinfo import write_run_info
@@ -82,6 +82,7 @@ def meta_train(
     seed: int,
     out_dir: str | Path | None = None,
     device: str | torch.device | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Meta-train (or, for the baselines, initialise and validate) one run.
 
@@ -92,17 +93,35 @@ def meta_train(
         seed: the run seed (generators and the meta-model initialisation).
         out_dir: default :func:`purer.paths.run_dir`.
         device: default ``config.device``.
+        restart: discard a run of another fingerprint in ``out_dir`` (else it is refused).
 
     Returns:
         The ``summary.json`` dict. A finished run with the same fingerprint is not redone; a run
         with a matching ``checkpoint.pt`` continues from it.
+
+    Raises:
+        CheckpointError: ``out_dir`` holds ``meta_model.pt`` or ``summary.json`` of a run with
+            another fingerprint (configuration, teachers or code) and ``restart`` is False. A
+            folder without them (a new one, or one whose outputs Snakemake deleted to rerun the
+            job after a change) starts over as before.
     """
     run = prepare_run(config, method, n_shot, seed, out_dir, device)
     done = ckpt.finished_summary(run.out_dir, run.fingerprint)
     if done is not None:
         logger.info("%s is already complete; nothing to do", run.out_dir)
         return done
-    return train(run) if method in TRAINED else baseline(run)
+    return train(run, restart) if method in TRAINED else baseline(run, restart)
+
+
+def refuse_foreign_run(run: MetaTrainRun, restart: bool) -> None:
+    """Raise CheckpointError when the run folder holds finished outputs of another run (see :func:`meta_train`)."""
+    found = [name for name in ("meta_model.pt", "summary.json") if (run.out_dir / name).is_file()]
+    if found and not restart:
+        raise CheckpointError(
+            f"{run.out_dir} holds {' and '.join(found)} of a run with another configuration, pool or code "
+            "(its fingerprint differs); it is kept. Pass --restart to discard it and start over, or write "
+            "elsewhere with --out DIR (or --set, which writes a manual run under <experiment>/manual/)"
+        )
 
 
 @contextlib.contextmanager
@@ -130,7 +149,7 @@ def prepare_run(
     if n_shot < 1:
         raise ConfigError(f"n_shot: expected at least 1, got {n_shot}")
     mt, first = config.meta_train, config.pool.datasets[0]
-    manifest = load_manifest(paths.manifest_path(config))
+    manifest = load_config_manifest(config)
     if config.pool.max_teachers is not None:
         manifest = dataclasses.replace(manifest, teachers=cut_to_max_teachers(config, manifest.teachers))
     split = load_split(paths.dataset_cache(config, first, "val"))
@@ -164,8 +183,9 @@ def _head(run: MetaTrainRun) -> dict[str, Any]:
             "n_teachers": len(run.manifest.teachers), "init": init, "learner": run.info["learner"]}
 
 
-def baseline(run: MetaTrainRun) -> dict[str, Any]:
+def baseline(run: MetaTrainRun, restart: bool = False) -> dict[str, Any]:
     """``random`` / ``average``: the initialisation is the meta model, validated once (iteration 0)."""
+    refuse_foreign_run(run, restart)
     loaded = load_pool(run.manifest, run.device) if run.method == "average" else None
     model = initial_meta_model(run.spec, run.method, loaded, run.seed, run.device)
     state = MetaTrainState(model, meta_parameters(model), _learner(run))
@@ -204,17 +224,18 @@ def build_state(run: MetaTrainRun) -> MetaTrainState:
                  episode_fn=episode_fn)
 
 
-def train(run: MetaTrainRun) -> dict[str, Any]:
+def train(run: MetaTrainRun, restart: bool = False) -> dict[str, Any]:
     """Meta-train ``purer``/``ei`` from scratch or from a matching ``checkpoint.pt``."""
     state = build_state(run)
     with claim_run(run):
-        return train_claimed(run, state)
+        return train_claimed(run, state, restart)
 
 
-def train_claimed(run: MetaTrainRun, state: MetaTrainState) -> dict[str, Any]:
+def train_claimed(run: MetaTrainRun, state: MetaTrainState, restart: bool = False) -> dict[str, Any]:
     """:func:`train` once the run folder is this process's: resume or start, then iterate."""
     saved = ckpt.load_checkpoint(run.out_dir / "checkpoint.pt", run.fingerprint)  # read before any write
     if saved is None:
+        refuse_foreign_run(run, restart)
         ckpt.clear_run(run.out_dir)
     else:
         ckpt.restore(state, saved, run.out_dir)

@@ -14,8 +14,9 @@ is how the batched inversion loss gets its BatchNorm statistics explicitly.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -247,24 +248,64 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 }
 
 
+def architecture_registry(custom: Mapping[str, str] | None = None) -> dict[str, Callable[..., nn.Module]]:
+    """:data:`BACKBONES` plus the config's ``custom_architectures`` (name -> ``"module:callable"``).
+
+    The factories are imported here, from names the user wrote in the config they run (like a
+    Snakefile); a manifest or checkpoint only refers to architecture *names*, so no data file
+    causes an import. A factory is called as the built-ins are:
+    ``factory(num_classes, in_channels, image_size, running_stats, **arch_kwargs) -> nn.Module``
+    (examples/byo_pool/README.md, "The factory's contract").
+
+    Raises:
+        ConfigError: a name that shadows a built-in, a module that cannot be imported, or a
+            missing or non-callable attribute, naming the ``custom_architectures`` key.
+    """
+    registry: dict[str, Callable[..., nn.Module]] = dict(BACKBONES)
+    for name, target in (custom or {}).items():
+        where = f"custom_architectures.{name}"
+        if name in BACKBONES:
+            raise ConfigError(f"{where}: {name!r} is a built-in architecture; choose another name")
+        module_name, _, attribute = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"{where}: cannot import module {module_name!r} ({exc}); is its folder on PYTHONPATH?") from None
+        factory = getattr(module, attribute, None)
+        if not callable(factory):
+            raise ConfigError(f"{where}: module {module_name!r} has no callable {attribute!r}")
+        registry[name] = factory
+    return registry
+
+
 def build_backbone(
     name: str,
     num_classes: int,
     in_channels: int,
     image_size: int,
     running_stats: bool = True,
+    registry: Mapping[str, Callable[..., nn.Module]] | None = None,
     **kwargs: object,
-) -> Backbone:
+) -> nn.Module:
     """Build a backbone by registry name.
 
     Args:
-        name: one of :data:`BACKBONES`.
+        name: one of :data:`BACKBONES`, or of ``registry`` when given.
         num_classes: logits of the head.
         in_channels: 1 (grey) or 3 (RGB).
         image_size: square input side (Conv4 sizes its head from it).
         running_stats: True for teachers, False for the meta model (batch statistics only).
-        **kwargs: ``width`` and ``adaptive_pool`` for Conv4.
+        registry: architectures by name (default :data:`BACKBONES`; see :func:`architecture_registry`).
+        **kwargs: ``width`` and ``adaptive_pool`` for Conv4; a custom factory's own arguments.
+
+    Raises:
+        ConfigError: an unknown name (listing the known ones), or a factory that did not return
+            an ``nn.Module``.
     """
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown architecture {name!r} (valid: {sorted(BACKBONES)})")
-    return BACKBONES[name](num_classes, in_channels, image_size, running_stats, **kwargs)
+    registry = BACKBONES if registry is None else registry
+    if name not in registry:
+        raise ConfigError(f"unknown architecture {name!r} (valid: {sorted(registry)})")
+    model = registry[name](num_classes, in_channels, image_size, running_stats, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"architecture {name!r}: the factory returned {type(model).__name__}, expected an nn.Module")
+    return model

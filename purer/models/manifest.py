@@ -10,6 +10,7 @@ lists, frozen, onto a device.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from purer import paths
 from purer.config import ExperimentConfig
 from purer.errors import CheckpointError, ConfigError, DataError
 from purer.io import load_torch, read_yaml, write_yaml
-from purer.models.backbones import BACKBONES, build_backbone
+from purer.models.backbones import BACKBONES, architecture_registry, build_backbone
 from purer.models.pool import (
     DatasetSlot,
     TeacherSpec,
@@ -78,6 +79,7 @@ class Manifest:
     path: Path
     datasets: tuple[DatasetEntry, ...]
     teachers: tuple[TeacherEntry, ...]
+    architectures: Mapping[str, Callable[..., nn.Module]] = field(default_factory=lambda: dict(BACKBONES), hash=False)
 
     @property
     def n_classes(self) -> int:
@@ -100,7 +102,7 @@ def write_manifest(config: ExperimentConfig, pool_dir: str | Path | None = None)
         DataError: a dataset's train cache is missing (its class names go into the manifest).
     """
     folder = Path(pool_dir) if pool_dir is not None else paths.pool_dir(config)
-    target = folder / paths.manifest_path(config).name
+    target = folder / "manifest.yaml"
     datasets = [_dataset_record(config, slot) for slot in dataset_slots(config)]
     teachers = [
         _teacher_record(spec, folder / paths.teacher_path(config, spec.index).name)
@@ -171,8 +173,12 @@ def _training_record(state: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def load_manifest(path: str | Path) -> Manifest:
+def load_manifest(path: str | Path, architectures: Mapping[str, Callable[..., nn.Module]] | None = None) -> Manifest:
     """Read and validate a pool manifest (written by :func:`write_manifest` or by hand).
+
+    ``architectures``: the names a teacher may use (default the built-in :data:`BACKBONES`; a
+    config's custom ones: :func:`purer.models.backbones.architecture_registry`). The manifest only
+    names architectures: reading it imports nothing.
 
     Required teacher keys: ``index``, ``architecture``, ``checkpoint``, ``dataset``, ``classes``,
     ``image_size``, ``channels``. Optional: ``arch_kwargs`` ({}), ``num_outputs`` (len(classes)),
@@ -190,13 +196,37 @@ def load_manifest(path: str | Path) -> Manifest:
         raise CheckpointError(f"pool manifest {path}: expected a mapping with 'datasets' and 'teachers'")
     if raw.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
         raise CheckpointError(f"pool manifest {path}: format {raw['format']!r}, expected {MANIFEST_FORMAT!r}")
-    reader = _Reader(path)
+    registry = dict(BACKBONES) if architectures is None else dict(architectures)
+    reader = _Reader(path, registry)
     datasets = tuple(reader.dataset(i, d) for i, d in enumerate(reader.items(raw, "datasets")))
     _check_unique(path, [d.name for d in datasets], "datasets", "name")
     _check_disjoint(path, datasets)
     teachers = tuple(reader.teacher(i, t, datasets) for i, t in enumerate(reader.items(raw, "teachers")))
     _check_unique(path, [t.index for t in teachers], "teachers", "index")
-    return Manifest(path, datasets, teachers)
+    return Manifest(path, datasets, teachers, registry)
+
+
+def load_config_manifest(config: ExperimentConfig) -> Manifest:
+    """The pool manifest of ``config`` (:func:`purer.paths.manifest_path`), with its custom architectures.
+
+    When the config brings its own pool (``pool_manifest``), the manifest's datasets must also be
+    the config's ``pool.datasets`` with the same global ids (name, offset, number of train classes
+    of each, in that order): the teachers' class ids index the config's datasets.
+
+    Raises:
+        CheckpointError: a bad manifest (see :func:`load_manifest`) or datasets that do not match.
+        ConfigError: an unknown architecture, or a custom factory that cannot be imported.
+    """
+    manifest = load_manifest(paths.manifest_path(config), architecture_registry(config.custom_architectures))
+    if config.pool_manifest is not None:
+        wanted = [(slot.name, slot.offset, slot.n_classes) for slot in dataset_slots(config)]
+        found = [(d.name, d.offset, d.n_classes) for d in manifest.datasets]
+        if found != wanted:
+            raise CheckpointError(
+                f"pool manifest {manifest.path}: datasets (name, offset, n_classes) {found} do not match the "
+                f"config's pool.datasets {wanted}; the teachers' class ids must index the config's datasets"
+            )
+    return manifest
 
 
 def _check_unique(path: Path, values: list[Any], section: str, key: str) -> None:
@@ -220,8 +250,9 @@ def _check_disjoint(path: Path, datasets: tuple[DatasetEntry, ...]) -> None:
 class _Reader:
     """Typed access to the raw manifest with messages naming the manifest and the dotted key."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, architectures: Mapping[str, Any]) -> None:
         self.path = path
+        self.architectures = architectures
 
     def fail(self, key: str, message: str) -> CheckpointError:
         return CheckpointError(f"pool manifest {self.path}: {key}: {message}")
@@ -273,9 +304,10 @@ class _Reader:
     def teacher(self, i: int, raw: dict[str, Any], datasets: tuple[DatasetEntry, ...]) -> TeacherEntry:
         where = f"teachers[{i}]"
         architecture = self.get(raw, "architecture", where, str)
-        if architecture not in BACKBONES:
+        if architecture not in self.architectures:
             raise ConfigError(
-                f"pool manifest {self.path}: {where}.architecture: unknown {architecture!r} (valid: {sorted(BACKBONES)})"
+                f"pool manifest {self.path}: {where}.architecture: unknown {architecture!r} "
+                f"(valid: {sorted(self.architectures)}; declare others under custom_architectures in the config)"
             )
         dataset = self._dataset_of(raw, where, datasets)
         classes = self._classes(raw, where, dataset, datasets)
@@ -365,8 +397,15 @@ def cut_to_max_teachers(config: ExperimentConfig, teachers: tuple[TeacherEntry, 
 # --------------------------------------------------------------------------------------------
 
 
-def load_teacher(entry: TeacherEntry, device: str | torch.device = "cpu") -> nn.Module:
+def load_teacher(
+    entry: TeacherEntry,
+    device: str | torch.device = "cpu",
+    architectures: Mapping[str, Callable[..., nn.Module]] | None = None,
+) -> nn.Module:
     """Build ``entry``'s architecture, load its weights strictly, freeze it, eval mode.
+
+    ``architectures``: as :func:`load_manifest` (default the built-ins). The file is read with
+    ``weights_only=True`` (:func:`purer.io.load_torch`): tensors only, nothing executes.
 
     Accepts a checkpoint dict with ``state_dict`` (as written by ``purer pool train``) or a bare
     state dict.
@@ -386,6 +425,7 @@ def load_teacher(entry: TeacherEntry, device: str | torch.device = "cpu") -> nn.
         entry.channels,
         entry.image_size,
         running_stats=True,
+        registry=architectures,
         **entry.arch_kwargs,
     )
     try:
@@ -404,6 +444,6 @@ def load_teacher(entry: TeacherEntry, device: str | torch.device = "cpu") -> nn.
 
 def load_pool(manifest: Manifest, device: str | torch.device = "cpu") -> list[tuple[TeacherEntry, nn.Module]]:
     """Load every teacher of ``manifest`` once, onto ``device`` (the resident pool, docs/method.md §8.1)."""
-    pool = [(entry, load_teacher(entry, device)) for entry in manifest.teachers]
+    pool = [(entry, load_teacher(entry, device, manifest.architectures)) for entry in manifest.teachers]
     logger.info("loaded %d teachers from %s", len(pool), manifest.path)
     return pool

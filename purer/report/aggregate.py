@@ -32,6 +32,7 @@ import pandas as pd
 
 from purer.errors import DataError, PurerError
 from purer.io import read_yaml, write_json
+from purer.manual import is_manual
 from purer.pipeline import REPORT_ORDER
 from purer.statistics import paired_difference, t_interval
 from purer.variants import ICFIL, NOISE, PLAIN, SUPPORT, VARIANT_PATTERN
@@ -124,7 +125,10 @@ def collect_metrics(root: str | Path, files: Sequence[Path] | None = None) -> pd
     """
     root = Path(root)
     if files is None:
-        files = sorted(p for p in root.glob("**/test/*/*/metrics.json") if VARIANT_PATTERN.match(p.parent.name))
+        files = sorted(
+            p for p in root.glob("**/test/*/*/metrics.json")
+            if VARIANT_PATTERN.match(p.parent.name) and not is_manual(p, root)
+        )
     else:
         files = sorted(Path(p) for p in files if Path(p).is_file())
     if not files:
@@ -479,6 +483,7 @@ def collect_runs(root: str | Path) -> list[Run]:
     """Meta-training run directories under ``root`` (those holding ``curve.jsonl`` or ``grids/``)."""
     root = Path(root)
     candidates = {p.parent for p in root.glob("**/curve.jsonl")} | {p.parent for p in root.glob("**/grids")}
+    candidates = {p for p in candidates if not is_manual(p, root)}
     runs = []
     for path in sorted(candidates):
         seed, setting = _SEED.match(path.name), _SETTING.match(path.parent.name)
@@ -548,7 +553,7 @@ def read_manifests(root: str | Path) -> pd.DataFrame:
     epoch is recorded), val_loss, kept_epoch and epochs (NaN otherwise). Empty frame if there is
     no manifest."""
     rows = []
-    for path in sorted(Path(root).glob("**/pool/manifest.yaml")):
+    for path in sorted(p for p in Path(root).glob("**/pool/manifest.yaml") if not is_manual(p, Path(root))):
         try:
             manifest = read_yaml(path, "pool manifest")
         except PurerError as exc:

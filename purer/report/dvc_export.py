@@ -3,10 +3,13 @@
 ``python -m purer.report.dvc_export --config FILE`` (the command of each ``dvc.yaml`` stage, after
 Snakemake) reads the experiment's results and writes, under ``results/<experiment>/``:
 
-- ``metrics.json``: ``<variant>.[<dataset>.]<n_way>w<n_shot>s.acc`` and ``.ci95`` (percent) of the
-  plain and ICFIL results, variants ``purer``, ``ei``, ``random``, ``average``,
-  ``purer+ICFIL-reconstruction``. One file per experiment, so ``dvc exp show`` names the columns
-  without the file's path;
+- ``metrics.json``: the headline, four numbers per experiment so that ``dvc metrics show`` and
+  ``dvc exp show`` stay readable on an 80-column terminal: per setting ``[<dataset>.]<setting>``
+  (``1s``, ``5s`` for 5-way; ``<n_way>w<n_shot>s`` otherwise), ``purer`` (PURER's test accuracy,
+  percent) and ``purer-ei`` (the paired PURER − EI difference on the same episodes, percentage
+  points; the report's ``differences`` table has its interval). One file per experiment, so
+  ``dvc exp show`` names the columns without the file's path. Every variant's accuracy and
+  interval is in ``plots/accuracy.csv`` and the report;
 - ``plots/accuracy.csv``: one row per (variant, setting) with the interval's bounds and the chance
   level (``1/n_way``);
 - ``plots/train_curves.csv``: smoothed training accuracy per iteration, one series per run;
@@ -58,14 +61,38 @@ def main_rows(summary: pd.DataFrame) -> pd.DataFrame:
     return rows.drop_duplicates(keys)
 
 
-def metrics_files(summary: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
-    """``{variant: {setting: {"acc": mean %, "ci95": half-width %}}}`` of the main rows."""
+HEADLINE_METHOD = "purer"
+BASELINE_METHOD = "ei"  # the headline difference: PURER − EI, paired on the same episodes
+
+
+def short_setting(row: pd.Series, several_datasets: bool) -> str:
+    """``1s`` for 5-way 1-shot (``10w1s`` for other ways); ``glyphs.1s`` when there are several datasets."""
+    n_way, n_shot = int(row["n_way"]), int(row["n_shot"])
+    setting = f"{n_shot}s" if n_way == 5 else f"{n_way}w{n_shot}s"
+    return f"{row['dataset']}.{setting}" if several_datasets else setting
+
+
+def metrics_files(summary: pd.DataFrame, differences: pd.DataFrame | None = None) -> dict[str, dict[str, float]]:
+    """``{setting: {"purer": accuracy %, "purer-ei": paired difference (points)}}`` of the plain results.
+
+    A setting without a PURER result is left out; ``purer-ei`` is left out where EI was not tested
+    on the same episodes (no paired difference).
+    """
     rows = main_rows(summary)
-    several = rows["dataset"].nunique() > 1
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    rows = rows[(rows["test_variant"] == PLAIN) & (rows["method"] == HEADLINE_METHOD)]
+    several = main_rows(summary)["dataset"].nunique() > 1
+    out: dict[str, dict[str, float]] = {}
     for _, row in rows.iterrows():
-        cell = {"acc": round(float(row["accuracy"]), 2), "ci95": round(float(row["ci95"]), 2)}
-        out.setdefault(variant_name(row["method"], row["test_variant"]), {})[setting_key(row, several)] = cell
+        out[short_setting(row, several)] = {HEADLINE_METHOD: round(float(row["accuracy"]), 2)}
+    if differences is not None and not differences.empty:
+        pairs = differences[
+            (differences["a_method"] == HEADLINE_METHOD) & (differences["a_variant"] == PLAIN)
+            & (differences["b_method"] == BASELINE_METHOD) & (differences["b_variant"] == PLAIN)
+        ]
+        for _, row in pairs.iterrows():
+            key = short_setting(row, several)
+            if key in out:
+                out[key][f"{HEADLINE_METHOD}-{BASELINE_METHOD}"] = round(float(row["difference"]), 2)
     return out
 
 
@@ -121,7 +148,7 @@ def export(config_path: str | Path) -> list[Path]:
     root = paths.experiment_dir(config)
     metrics = aggregate.collect_metrics(root)
     summary = aggregate.summarise(metrics)
-    files = metrics_files(summary)
+    files = metrics_files(summary, aggregate.paired_differences(metrics))
     accuracy = accuracy_frame(summary)
     train, val = curve_frames(root)
     written = []

@@ -15,6 +15,7 @@ try:
     from purer import grid, paths, pipeline
     from purer.config import load_config, read_yaml, to_dict
     from purer.errors import PurerError
+    from purer.models.manifest import load_config_manifest
     from purer.models.pool import n_teachers
     from purer.variants import CONTROL_PATTERN
 except ImportError as exc:
@@ -73,7 +74,10 @@ CONFIGFILE = _config_file()
 validate(_read_yaml(CONFIGFILE), str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
 try:
     CFG = load_config(CONFIGFILE)
-    N_TEACHERS = n_teachers(CFG)
+    # Bring your own pool (pool_manifest): the manifest is checked now and its teacher files are
+    # the meta-train inputs; the pool rules are not defined (workflow/rules/pool.smk).
+    BYO_POOL = load_config_manifest(CFG) if CFG.pool_manifest is not None else None
+    N_TEACHERS = len(BYO_POOL.teachers) if BYO_POOL is not None else n_teachers(CFG)
 except PurerError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -171,7 +175,10 @@ POOL_DIR = paths.pool_dir(CFG)
 MANIFEST = str(paths.manifest_path(CFG))
 TEACHER = str(POOL_DIR / "teacher_{teacher}.pt")
 TEACHER_HISTORY = str(POOL_DIR / "teacher_{teacher}.json")
-TEACHERS = [str(paths.teacher_path(CFG, i)) for i in range(N_TEACHERS)]
+if BYO_POOL is None:
+    TEACHERS = [str(paths.teacher_path(CFG, i)) for i in range(N_TEACHERS)]
+else:
+    TEACHERS = [str(t.checkpoint) for t in BYO_POOL.teachers]
 
 RUN = str(paths.run_dir(CFG, "{method}", "{n_shot}", "{seed}"))
 META_MODEL = f"{RUN}/meta_model.pt"
