@@ -220,12 +220,11 @@ KINDS = (  # (kind, test on an event name), first match wins
 
 def profile(args) -> list[dict]:
     """Self CPU time per kind of kernel over ``repeats`` data steps and meta steps of ``t13`` optimised-fp32."""
-    import torch
+    import bench_meta_iteration as bench_module
     import torch._inductor.config as inductor_config
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    import bench_meta_iteration as bench_module
     from purer.hostmem import retain_freed_memory
     from purer.meta import engine
 
