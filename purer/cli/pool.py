@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Dispatch to the chosen action."""
-    config = load(args)
+    config = load(args, step="pool" if args.pool_command == "train" else None)
     {"train": _train, "manifest": _manifest, "list": _list}[args.pool_command](config, args)
 
 
