@@ -28,7 +28,8 @@ Every step also calls :func:`configure_process` before it computes:
   more busy threads than cores, compilation included.
 - **Compile cache.** TorchInductor's on-disk caches (FX graph, AOT autograd and kernel caches) live in one
   folder per machine and user, shared by every job: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else
-  ``$XDG_CACHE_HOME/purer/torchinductor`` (``~/.cache/purer/torchinductor``). The first job with given
+  ``$XDG_CACHE_HOME/purer/torchinductor/<torch version>-<CPU hash>`` (``~/.cache/...``; one folder per
+  kind of CPU, so cluster nodes with a shared home never load kernels built for another CPU). The first job with given
   shapes pays the compilation; later jobs (the other teachers, shots, seeds, runs) load the compiled
   code and pay only tracing (benchmarks/README.md). torch's own default (``/tmp/torchinductor_<user>``)
   is often private to a job on clusters and wiped on reboots.
@@ -37,6 +38,7 @@ Every step also calls :func:`configure_process` before it computes:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -191,14 +193,25 @@ def job_threads(environ: dict[str, str] | None = None) -> int | None:
     return None
 
 
+def machine_tag() -> str:
+    """``<torch version>-<12 hex digits>``: the digits hash the CPU model and feature flags.
+
+    Compiled CPU kernels are built with ``-march=native``; a home folder shared by cluster nodes of
+    different CPUs must not hand one node's kernels to another, so each kind of CPU (and torch
+    version) gets its own cache folder, while identical nodes share one.
+    """
+    digest = hashlib.sha256("\n".join([cpu_model(), *sorted(cpu_flags())]).encode()).hexdigest()[:12]
+    return f"{torch.__version__.replace('+', '_')}-{digest}"
+
+
 def compile_cache_dir(environ: dict[str, str] | None = None) -> Path:
-    """The machine-wide folder of TorchInductor's caches: ``$TORCHINDUCTOR_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/purer/torchinductor``, else ``~/.cache/purer/torchinductor``."""
+    """The machine-wide folder of TorchInductor's caches: ``$TORCHINDUCTOR_CACHE_DIR`` as given, else
+    ``$XDG_CACHE_HOME/purer/torchinductor/<machine_tag()>`` (``~/.cache/...`` without XDG_CACHE_HOME)."""
     environ = os.environ if environ is None else environ
     if environ.get(INDUCTOR_CACHE_ENV):
         return Path(environ[INDUCTOR_CACHE_ENV]).expanduser()
     base = Path(environ["XDG_CACHE_HOME"]).expanduser() if environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "purer" / "torchinductor"
+    return base / "purer" / "torchinductor" / machine_tag()
 
 
 def configure_process(config: ExperimentConfig | None = None) -> tuple[int, Path]:

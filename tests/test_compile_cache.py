@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from purer.config import ExperimentConfig
 from purer.errors import ConfigError
-from purer.runtime import compile_cache_dir, configure_process
+from purer.runtime import compile_cache_dir, configure_process, machine_tag
 
 
 def test_the_cache_folder_is_the_users_unless_torch_is_told_otherwise(tmp_path):
     assert compile_cache_dir({"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "x")}) == tmp_path / "x"
-    assert compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "purer" / "torchinductor"
-    assert compile_cache_dir({}) == Path.home() / ".cache" / "purer" / "torchinductor"
+    tag = machine_tag()
+    assert compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "purer" / "torchinductor" / tag
+    assert compile_cache_dir({}) == Path.home() / ".cache" / "purer" / "torchinductor" / tag
+
+
+def test_each_kind_of_cpu_and_torch_gets_its_own_folder(monkeypatch):
+    import torch
+
+    from purer import runtime
+
+    tag = runtime.machine_tag()
+    assert re.fullmatch(r"[0-9A-Za-z._]+-[0-9a-f]{12}", tag) and tag.startswith(torch.__version__.replace("+", "_"))
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert runtime.machine_tag() != tag
 
 
 def test_configure_process_points_inductor_at_the_shared_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     _, cache = configure_process(ExperimentConfig(results_dir=str(tmp_path / "results")))
-    assert cache == tmp_path / "purer" / "torchinductor"
+    assert cache == tmp_path / "purer" / "torchinductor" / machine_tag()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache)
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
