@@ -102,3 +102,20 @@ def test_adapt_batch_is_a_documented_key_with_a_range(tmp_path):
     path.write_text("meta_test: {adapt_batch: 0}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"meta_test\.adapt_batch: expected at least 1, got 0"):
         load_config(path)
+
+
+@pytest.mark.slow  # compiles (about a minute on a quiet 2-core CPU)
+def test_compiled_episodes_score_as_the_eager_loop():
+    """``evaluate(compile=True)``: one compiled graph per episode shape, channels-last; same accuracies."""
+    split = tiny_split(n_classes=6, per_class=8)
+    episodes = fixed_episodes(split, 5, 1, 3, 5, seed=3, name="t/test")
+    learner = build_learner("maml", 0.5, True)
+    results = []
+    for seed in (2, 7):  # two checkpoints of one architecture share the compiled graph
+        model = tiny_model(seed=seed)
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        eager = evaluate(model, params, learner, split, episodes, 2)
+        compiled = evaluate(model, params, learner, split, episodes, 2, compile=True)
+        assert compiled["accuracies"] == pytest.approx(eager["accuracies"], abs=1e-4)
+        results.append(eager["accuracies"])
+    assert results[0] != results[1]  # the second checkpoint's own parameters were used
