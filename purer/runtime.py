@@ -12,7 +12,8 @@ measurements in benchmarks/README.md:
   supports it, or a CPU with AVX-512 BF16 or AMX. Elsewhere (e.g. an AVX2-only CPU) bf16 is emulated
   and was 2.5x *slower* than fp32, so ``auto`` is ``fp32``.
 - ``compile: auto`` is ``true`` when the run is long enough to repay the compilation (about 30-45 s
-  on a 2-core CPU, paid once per job) and the device can compile: a C++ compiler on CPU, or CUDA.
+  on a 2-core CPU for the first job; later jobs with the same shapes load most of it from the shared
+  compile cache below, about 7x cheaper) and the device can compile: a C++ compiler on CPU, or CUDA.
 - ``channels_last: auto`` follows ``compile``: on CPU the channels-last format paid off only inside
   compiled graphs (eager, it was slightly slower); on CUDA it is always on. Teacher pre-training
   (``step="pool"``) is the exception: its eager ``nn.Module`` teachers train faster channels-last on
@@ -244,6 +245,6 @@ def configure_process(config: ExperimentConfig | None = None) -> tuple[int, Path
         import torch._inductor.config as inductor_config
 
         inductor_config.compile_threads = threads
-    log.info("threads: %d (%s); compile cache: %s", torch.get_num_threads(),
+    log.debug("threads: %d (%s); compile cache: %s", torch.get_num_threads(),
              "job" if threads is not None else "torch default", cache)
     return torch.get_num_threads(), cache
