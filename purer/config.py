@@ -308,6 +308,7 @@ class MetaTestConfig:
     best_on_test_beside: bool = True  # plain tests also score every snapshot; the best is reported, labelled
     matched_steps: tuple[int, ...] = (10, 16)  # inner steps of the plain controls at ICFIL's update budget
     episode_batch: int = 1  # test episodes calibrated together by a vmapped ICFIL (GPUs); 1 = per episode
+    adapt_batch: int = 1  # plain test/validation episodes adapted and scored together (vmapped; GPUs); 1 = per episode
     icfil: IcfilConfig = field(default_factory=IcfilConfig)
 
     def __post_init__(self) -> None:
@@ -334,6 +335,8 @@ class MetaTestConfig:
         )
         _require(self.episode_batch >= 1, "episode_batch", "at least 1", self.episode_batch)
         _at_most(self, "episode_batch", MAX_EPISODES)
+        _require(self.adapt_batch >= 1, "adapt_batch", "at least 1", self.adapt_batch)
+        _at_most(self, "adapt_batch", MAX_EPISODES)
 
 
 Method = Literal["purer", "ei", "random", "average"]

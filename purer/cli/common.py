@@ -14,7 +14,7 @@ from purer.config import ExperimentConfig, load_config
 from purer.errors import ConfigError
 from purer.pipeline import METHODS
 from purer.runinfo import write_run_info
-from purer.runtime import resolve_speed_settings
+from purer.runtime import configure_process, resolve_speed_settings
 
 __all__ = ["add_common_arguments", "add_run_arguments", "load", "run_seed", "write_run_info"]
 
@@ -53,12 +53,16 @@ def run_seed(config: ExperimentConfig, args: argparse.Namespace) -> int:
     return config.grid.seeds[0] if args.seed is None else args.seed
 
 
-def load(args: argparse.Namespace) -> ExperimentConfig:
-    """The experiment config from ``--config`` and ``--set``, its ``auto`` speed settings resolved."""
+def load(args: argparse.Namespace, step: str | None = None) -> ExperimentConfig:
+    """The experiment config from ``--config`` and ``--set``, its ``auto`` speed settings resolved for
+    ``step`` (:func:`purer.runtime.resolve_speed_settings`); the process's threads and compile cache set
+    (:func:`purer.runtime.configure_process`)."""
     try:
         config = load_config(args.config, args.overrides)
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"config file {args.config} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
         ) from None
-    return resolve_speed_settings(config)
+    resolved = resolve_speed_settings(config, step=step)
+    configure_process(resolved)
+    return resolved

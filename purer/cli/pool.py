@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Dispatch to the chosen action."""
-    config = load(args)
+    config = load(args, step="pool" if args.pool_command == "train" else None)
     if config.pool_manifest is not None and args.pool_command in ("train", "manifest"):
         raise ConfigError(
             f"the config brings its own pool (pool_manifest: {config.pool_manifest}): there is no pool to "

@@ -131,7 +131,7 @@ def evaluate_checkpoint(
         calibrate = support_hook(config)
     result = evaluate(
         model, params, learner, split, episodes, test_variant.inner_steps, device, calibrate, int(info["input_size"]),
-        calibrate_batch, mtest.episode_batch,
+        calibrate_batch, mtest.episode_batch, mtest.adapt_batch, config.compile,
     )
     learner_info["inner_lr"] = inner_lr
     return result | {

@@ -294,7 +294,8 @@ def validate(run: MetaTrainRun, state: MetaTrainState) -> dict[str, Any]:
     inner_lr = lc.inner_lr if mtest.inner_lr is None else mtest.inner_lr
     learner = build_learner(lc.algorithm, inner_lr, True)
     result = evaluate(state.meta_model, state.params, learner, run.val_split, run.val_episodes, mtest.inner_steps,
-                      run.device, input_size=run.spec.input_size)
+                      run.device, input_size=run.spec.input_size, adapt_batch=mtest.adapt_batch,
+                      compile=run.config.compile)
     record = {"iteration": state.iteration, "accuracy": result["accuracy"], "ci95": result["ci95"]}
     append_jsonl(run.out_dir / "val.jsonl", record)
     state.val_lines += 1

@@ -1,10 +1,12 @@
 """meta_test: evaluate each trained run on fixed episodes of each test dataset: plain, with ICFIL, and
 ICFIL's controls (matched inner steps, noise images, support-only fine-tuning)."""
 
-# plain evaluations do not depend on the ICFIL settings
+# plain evaluations do not depend on the ICFIL settings; adapt_batch is a speed setting (the same scores up to
+# rounding, like precision or compile): changing it does not rerun finished tests
 PLAIN_TEST_SETTINGS = {
-    k: v for k, v in to_dict(CFG.meta_test).items() if k not in ("icfil", "matched_steps", "episode_batch")
+    k: v for k, v in to_dict(CFG.meta_test).items() if k not in ("icfil", "matched_steps", "episode_batch", "adapt_batch")
 }
+TEST_SETTINGS = {k: v for k, v in to_dict(CFG.meta_test).items() if k != "adapt_batch"}
 
 
 rule meta_test:
@@ -41,7 +43,7 @@ rule meta_test_icfil:
         TEST_ICFIL,
     params:
         config=CONFIGFILE,
-        settings=settings(CFG.meta_test, CFG.meta_train.learner, CFG.seed),
+        settings=settings(TEST_SETTINGS, CFG.meta_train.learner, CFG.seed),
     log:
         f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_icfil.log",
     threads: 1
@@ -67,7 +69,7 @@ rule meta_test_control:
         TEST_CONTROL,
     params:
         config=CONFIGFILE,
-        settings=settings(CFG.meta_test, CFG.meta_train.learner, CFG.seed),
+        settings=settings(TEST_SETTINGS, CFG.meta_train.learner, CFG.seed),
     log:
         f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_{{control}}.log",
     threads: 1
