@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from purer import paths
+from purer import arms, paths
 from purer.cli.common import add_common_arguments, add_run_arguments, load
 from purer.errors import ConfigError
 from purer.meta.meta_test import AVERAGE, meta_test, write_average
@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> None:
     seed = config.seed if args.seed is None else args.seed
     seed_everything(config.seed)
     run_dir = Path(args.run) if args.run else paths.run_dir(config, args.method, args.n_shot, seed)
+    if args.method in config.grid.arms:  # an arm is tested with its own settings (its learner)
+        config = arms.resolve(config, args.method).config
     datasets = [args.dataset] if args.dataset else list(config.test_datasets)
     if args.icfil and args.variant not in (None, ICFIL):
         raise ConfigError(f"--icfil and --variant {args.variant} contradict each other (give one)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from purer import arms, paths
 from purer.cli.common import add_common_arguments, add_run_arguments, load
 from purer.meta.train import meta_train
 from purer.seeding import seed_everything
@@ -24,8 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Meta-train one (method, n_shot, seed) run."""
+    """Meta-train one (method or arm, n_shot, seed) run."""
     config = load(args)
     seed = config.seed if args.seed is None else args.seed
     seed_everything(seed)
-    meta_train(config, args.method, args.n_shot, seed, args.out)
+    run = arms.resolve(config, args.method)
+    out = args.out if args.out is not None else paths.run_dir(config, run.name, args.n_shot, seed)
+    trunk = arms.check_branch(config, run.name)
+    branch = None
+    if trunk is not None:
+        branch = (trunk.config, paths.run_dir(config, trunk.name, args.n_shot, seed))
+    meta_train(run.config, run.method, args.n_shot, seed, out, arm=run.name if run.name != run.method else None,
+               save_warmup=arms.is_trunk(config, run.name), branch=branch)
