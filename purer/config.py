@@ -408,6 +408,7 @@ class ReportConfig:
 
     formats: tuple[str, ...] = ("md", "tex", "csv")
     figure_formats: tuple[str, ...] = ("png", "pdf")
+    records: bool = False  # also write small per-run text records under <experiment>/records/ (purer/report/records.py)
 
 
 @dataclass(frozen=True)

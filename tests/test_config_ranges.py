@@ -70,7 +70,7 @@ def _numeric_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[
         if dataclasses.is_dataclass(hint):
             keys += _numeric_keys(hint, key + ".")
             continue
-        if typing.get_origin(hint) is dict:
+        if typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
             keys += _numeric_keys(typing.get_args(hint)[1], key + ".<name>.")
             continue
         inner = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}

@@ -35,7 +35,7 @@ def dotted_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
         hint = hints[field.name]
         if dataclasses.is_dataclass(hint):
             keys += dotted_keys(hint, key + ".")
-        elif typing.get_origin(hint) is dict:
+        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
             keys += dotted_keys(typing.get_args(hint)[1], key + ".<name>.")
     return keys
 
