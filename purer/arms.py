@@ -15,7 +15,7 @@ This module is pure Python (the workflow imports it).
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from dataclasses import dataclass
 
 from purer.config import ArmConfig, ExperimentConfig, MetaTrainConfig, arm_meta_train, to_dict
@@ -56,7 +56,10 @@ def resolve(config: ExperimentConfig, name: str) -> ResolvedRun:
     from purer.pipeline import METHODS  # pipeline imports config only; kept local to stay import-light
 
     if name in config.grid.arms:
-        arm_config = dataclasses.replace(config, meta_train=arm_meta_train(config, name))
+        # the arm's meta_train is validated by arm_meta_train; dataclasses.replace would re-apply every
+        # arm's overrides on top of it, so the field is set on a copy instead
+        arm_config = copy.copy(config)
+        object.__setattr__(arm_config, "meta_train", arm_meta_train(config, name))
         return ResolvedRun(name, str(config.grid.arms[name].method), arm_config)
     if name in METHODS:
         return ResolvedRun(name, name, config)

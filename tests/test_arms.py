@@ -50,7 +50,7 @@ def test_arms_add_runs_in_folders_of_their_names_with_their_settings():
     parity = arms.resolve(config, "purer-parity")
     assert parity.method == "purer" and parity.config.meta_train.inversion.teacher_weighting == "triangular"
     assert parity.config.meta_train.curriculum.adv_scale == 10.0 and parity.config.meta_train.outer_lr == 0.001
-    s1 = arm_meta_train(config, "purer-s1").curriculum
+    s1 = arms.resolve(config, "purer-s1").config.meta_train.curriculum  # not re-checked against the other arms
     assert (s1.adv_scale, s1.adv_strength) == (None, 1.0)
     assert arm_meta_train(config, "ei") is config.meta_train  # no overrides: the experiment's meta_train
     assert arms.base_method(config, "ei-triangular") == "ei" and arms.base_method(config, "random") == "random"
