@@ -99,6 +99,7 @@ def test_the_cli_refuses_an_unknown_run_name_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("purer meta-train: error: --method purer-x: expected a method (purer, ei, random, average) "
                    "or an arm of grid.arms (defined: [])")
+    assert not paths.run_dir(ExperimentConfig(), "purer-x", 1, 0).exists()
 
 
 def _metrics(method: str, seed: int, accuracies: list[float], weighting: str = "equal") -> dict:

@@ -86,6 +86,7 @@ def test_a_branch_differing_before_the_warmup_is_refused(tmp_path):
                                           r"warm-up in meta_train.inversion.data_lr \("):
         check_branch(load_config(path), "purer-b")
     assert main(["meta-train", "--config", str(path), "--method", "purer-b", "--n-shot", "1"]) == 2
+    assert not paths.run_dir(load_config(path), "purer-b", 1, 0).exists()
 
 
 def test_strength_patience_and_length_may_differ_but_not_the_warmup():
