@@ -22,7 +22,8 @@ from purer.config import ArmConfig, ExperimentConfig, MetaTrainConfig, arm_meta_
 from purer.errors import ConfigError
 
 # meta_train keys that act only from the warm-up on, or never on the numbers: a branch may differ in these
-BRANCH_FREE_KEYS = ("iterations", "checkpoint_interval", "grid_snapshots", "snapshots",
+# (``snapshots`` must agree: a branch's snapshots before the warm-up are the trunk's)
+BRANCH_FREE_KEYS = ("iterations", "checkpoint_interval", "grid_snapshots",
                     "curriculum.adv_scale", "curriculum.adv_strength", "curriculum.patience")
 
 

@@ -223,6 +223,15 @@ def grid_tests():
     return [str(path) for path in grid.grid_tests(CFG)]
 
 
+def meta_train_settings(wildcards):
+    """The run's meta_train and seed; a trunk (an arm branches from it) also saves its warm-up
+    state, so becoming one reruns it."""
+    values = [run_config(wildcards).meta_train, CFG.seed]
+    if arms.is_trunk(CFG, wildcards.method):
+        values.append({"saves_warmup_state": True})
+    return settings(*values)
+
+
 def branch_inputs(wildcards):
     """A branching arm's trunk run (its summary: the trunk has saved its warm-up state), else nothing."""
     trunk = arms.trunk_of(CFG, wildcards.method)

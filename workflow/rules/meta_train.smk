@@ -13,7 +13,7 @@ rule meta_train:
         summary=RUN_SUMMARY,
     params:
         config=CONFIGFILE,
-        settings=lambda wildcards: settings(run_config(wildcards).meta_train, CFG.seed),
+        settings=meta_train_settings,
     log:
         f"{LOGS}/meta_train/{{method}}_{{n_shot}}shot_seed{{seed}}.log",
     threads: 1
