@@ -113,3 +113,46 @@ def test_branch_from_must_name_an_ei_run(tmp_path):
     arms = {"p": {"method": "purer"}, "purer-b": {"method": "purer", "branch_from": "p"}}
     with pytest.raises(ConfigError, match=r"grid.arms.purer-b.branch_from: expected an ei arm"):
         _config(tmp_path, arms) and load_config(tmp_path / "config.yaml")
+
+
+def test_a_run_that_becomes_a_trunk_is_rerun_to_save_its_warmup_state(tmp_path):
+    path = _config(tmp_path, {"ei": {"method": "ei"}})
+    trunk = _train(path, "ei")
+    assert not (trunk / WARMUP_CHECKPOINT).exists()
+    first = json.loads((trunk / "summary.json").read_text())
+    raw = yaml.safe_load(path.read_text())
+    raw["grid"]["arms"]["purer-b"] = {"method": "purer", "branch_from": "ei"}
+    path.write_text(yaml.safe_dump(raw))
+    _train(path, "ei")
+    assert load_torch(trunk / WARMUP_CHECKPOINT, "checkpoint")["iteration"] == 3
+    again = json.loads((trunk / "summary.json").read_text())
+    assert again["best_val_accuracy"] == first["best_val_accuracy"] and again["resumed_from"] is None
+    branch = _train(path, "purer-b")
+    assert json.loads((branch / "summary.json").read_text())["branched_from"]["iteration"] == 3
+
+
+def test_a_killed_branch_resumes_from_its_own_checkpoint(tmp_path, monkeypatch):
+    from purer.meta import engine
+
+    arms = {"ei": {"method": "ei"}, "purer-s": {"method": "purer"},
+            "purer-b": {"method": "purer", "branch_from": "ei", "set": {"checkpoint_interval": 1}}}
+    path = _config(tmp_path, arms)
+    _train(path, "ei")
+    scratch = _train(path, "purer-s")
+    real = engine.train_iteration
+
+    def killed_at_5(run, state, iteration):
+        if iteration == 5:
+            raise KeyboardInterrupt
+        return real(run, state, iteration)
+
+    monkeypatch.setattr(engine, "train_iteration", killed_at_5)
+    assert main(["meta-train", "--config", str(path), "--method", "purer-b", "--n-shot", "1", "--seed", "0"]) not in (0, None)
+    monkeypatch.setattr(engine, "train_iteration", real)
+    branch = _train(path, "purer-b")
+    summary = json.loads((branch / "summary.json").read_text())
+    assert summary["resumed_from"] == 4 and summary["branched_from"]["iteration"] == 3
+    assert _lines(branch / "curve.jsonl") == _lines(scratch / "curve.jsonl")
+    a, b = torch.load(branch / "last.pt", weights_only=True), torch.load(scratch / "last.pt", weights_only=True)
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=1e-6)
