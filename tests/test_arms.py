@@ -9,7 +9,7 @@ from purer import arms, grid, paths
 from purer.cli.main import main
 from purer.config import ExperimentConfig, arm_meta_train, from_dict, load_config
 from purer.errors import ConfigError
-from purer.report.aggregate import comparisons, paired_differences, summary_metrics, summarise
+from purer.report.aggregate import comparisons, paired_differences, summarise, summary_metrics
 from purer.variants import grid_variants
 
 ARMS = {
@@ -117,7 +117,7 @@ def test_configured_pairs_replace_purer_minus_ei():
         ("purer", 1, [60.0, 60.0]), ("ei", 1, [50.0, 60.0]), ("purer-s1", 1, [70.0, 70.0])]])
     assert comparisons(frame) == [(("purer", "plain"), ("ei", "plain"))]
     differences = paired_differences(frame, [["purer-s1", "ei"], ["purer-s1", "purer"]])
-    assert list(zip(differences["a_method"], differences["b_method"])) == [("purer-s1", "ei"), ("purer-s1", "purer")]
+    assert list(zip(differences["a_method"], differences["b_method"], strict=True)) == [("purer-s1", "ei"), ("purer-s1", "purer")]
     # per seed: (20 + 10) / 2 = 15 and (20 + 10) / 2 = 15 -> 15 with zero spread; vs purer: 10 and 10
     assert differences["difference"].tolist() == [15.0, 10.0] and differences["seed_differences"].iloc[0] == "0:15.0000;1:15.0000"
 

@@ -37,7 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from purer.report import aggregate, figures, records, sweeps, tables  # pandas/seaborn: only when reporting
+    from purer.report import (  # pandas/seaborn: only when reporting
+        aggregate,
+        figures,
+        records,
+        sweeps,
+        tables,
+    )
 
     config = common.load(args)
     root = Path(args.root) if args.root else paths.experiment_dir(config)
