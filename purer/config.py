@@ -468,11 +468,15 @@ def arm_meta_train(config: ExperimentConfig, name: str) -> MetaTrainConfig:
         node: Any = raw
         parts = key.split(".")
         for depth, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node or (depth == len(parts) - 1) == isinstance(node[part], dict):
+            last = depth == len(parts) - 1
+            if not isinstance(node, dict) or part not in node or (not last and not isinstance(node[part], dict)):
                 section = ".".join(["meta_train", *parts[:depth]])
                 valid = sorted(node) if isinstance(node, dict) else []
                 raise ConfigError(f"{where}: unknown key meta_train.{_cut(key)} (valid keys in {section}: {valid})")
-            if depth < len(parts) - 1:
+            if last and isinstance(node[part], dict):
+                raise ConfigError(f"{where}: meta_train.{_cut(key)} is a section; set its keys one by one "
+                                  f"(e.g. {key}.{sorted(node[part])[0]})")
+            if not last:
                 node = node[part]
         node[parts[-1]] = value
     try:

@@ -68,6 +68,10 @@ def test_an_unknown_key_of_an_arm_is_refused_naming_the_arm_and_the_key(tmp_path
                               "meta_train.curriculum: ['adv_scale', 'adv_strength', 'patience', 'warmup', ")
     assert _refused(tmp_path, {"arms": {"p": {"method": "purer", "set": {"outer": 1}}}}).startswith(
         "grid.arms.p.set: unknown key meta_train.outer (valid keys in meta_train: [")
+    assert _refused(tmp_path, {"arms": {"p": {"method": "purer", "set": {"curriculum": 1}}}}) == (
+        "grid.arms.p.set: meta_train.curriculum is a section; set its keys one by one (e.g. curriculum.adv_scale)")
+    assert _refused(tmp_path, {"arms": {"p": {"method": "purer", "set": {"outer_lr.x": 1}}}}).startswith(
+        "grid.arms.p.set: unknown key meta_train.outer_lr.x (valid keys in meta_train: [")
 
 
 def test_an_arms_settings_go_through_the_same_checks(tmp_path):
