@@ -340,6 +340,21 @@ class MetaTestConfig:
 
 
 Method = Literal["purer", "ei", "random", "average"]
+ArmValue = bool | int | float | str | None  # a value of one meta_train key set by an arm
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """One named meta-training arm of the grid (``grid.arms``): a base method and meta_train overrides."""
+
+    method: Method | None = None  # base method (required): purer, ei, random or average
+    set: dict[str, ArmValue] = field(default_factory=dict)  # dotted meta_train keys -> values, e.g. curriculum.adv_scale: 10.0
+    branch_from: str | None = None  # purer only: start from this ei arm's saved warm-up state (same seed and shots)
+
+    def __post_init__(self) -> None:
+        _require(self.method is not None, "method", "a base method (purer, ei, random or average)", self.method)
+        _require(self.branch_from is None or self.method == "purer", "branch_from", "only on a purer arm",
+                 self.branch_from)
 
 
 @dataclass(frozen=True)
@@ -350,8 +365,11 @@ class GridConfig:
     shots: tuple[int, ...] = (1, 5)
     seeds: tuple[int, ...] = (0,)
     icfil: tuple[bool, ...] = (False, True)  # meta-test with and without ICFIL
-    icfil_methods: tuple[Method, ...] = ("purer",)  # methods that also get an ICFIL evaluation
+    icfil_methods: tuple[str, ...] = ("purer",)  # methods (and arms, or arms' base methods) that also get an ICFIL evaluation
     icfil_controls: tuple[Literal["matched", "noise", "support"], ...] = ("matched", "noise", "support")  # controls run beside ICFIL (purer/variants.py)
+    arms: dict[str, ArmConfig] = field(default_factory=dict)  # named runs beside `methods`: base method + meta_train overrides
+    sweeps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> arms; the report selects one per shot on validation
+    pairs: tuple[tuple[str, ...], ...] = ()  # paired differences [a, b] = a - b (runs or sweeps); empty: purer - ei
 
     def __post_init__(self) -> None:
         _require(len(self.methods) >= 1, "methods", "at least one method", self.methods)
@@ -360,6 +378,33 @@ class GridConfig:
             all(s <= MAX_PER_CLASS for s in self.shots), "shots", f"values of at most {MAX_PER_CLASS:_}", self.shots
         )
         _require(all(s >= 0 for s in self.seeds), "seeds", "values of at least 0", self.seeds)
+        _check_grid_names(self)
+
+
+def _check_grid_names(grid: GridConfig) -> None:
+    """Arms, sweeps, pairs and ``icfil_methods`` name runs of the grid (see config/README.md, "Arms")."""
+    methods = typing.get_args(Method)
+    for name, arm in grid.arms.items():
+        require_name(name, "grid.arms")
+        _require(name not in grid.methods, f"arms.{name}", "a name not also in grid.methods (one run folder each)", name)
+        _require(name not in methods or arm.method == name, f"arms.{name}",
+                 f"a name that is not another base method (method is {arm.method})", name)
+        if arm.branch_from is not None:
+            trunk = grid.arms.get(arm.branch_from)
+            trunk_method = trunk.method if trunk is not None else (arm.branch_from if arm.branch_from in grid.methods else None)
+            _require(trunk_method == "ei", f"arms.{name}.branch_from", "an ei arm (or ei) of this grid", arm.branch_from)
+    runs = set(grid.methods) | set(grid.arms)
+    for name, members in grid.sweeps.items():
+        require_name(name, "grid.sweeps")
+        _require(name not in runs, f"sweeps.{name}", "a name that is not also a method or an arm", name)
+        _require(len(members) >= 1 and all(m in grid.arms for m in members) and len(set(members)) == len(members),
+                 f"sweeps.{name}", f"distinct arm names of grid.arms (defined: {sorted(grid.arms)})", members)
+    for pair in grid.pairs:
+        _require(len(pair) == 2 and all(p in runs | set(grid.sweeps) for p in pair), "pairs",
+                 f"pairs [a, b] of methods, arms or sweeps of the grid (defined: {sorted(runs | set(grid.sweeps))})", pair)
+    for name in grid.icfil_methods:
+        _require(name in methods or name in grid.arms, "icfil_methods",
+                 f"methods {list(methods)} or arm names of grid.arms", grid.icfil_methods)
 
 
 @dataclass(frozen=True)
@@ -368,6 +413,7 @@ class ReportConfig:
 
     formats: tuple[str, ...] = ("md", "tex", "csv")
     figure_formats: tuple[str, ...] = ("png", "pdf")
+    records: bool = False  # also write small per-run text records under <experiment>/records/ (purer/report/records.py)
 
 
 @dataclass(frozen=True)
@@ -412,11 +458,46 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"dataset {name!r} is used but not defined under `datasets` (defined: {sorted(self.datasets)})"
                 )
+        for name in self.grid.arms:
+            arm_meta_train(self, name)  # unknown keys and bad values of an arm's `set` are refused here
 
     @property
     def test_datasets(self) -> tuple[str, ...]:
         """Datasets the meta model is tested on (each separately)."""
         return self.meta_test.datasets or self.pool.datasets
+
+
+def arm_meta_train(config: ExperimentConfig, name: str) -> MetaTrainConfig:
+    """``meta_train`` with the overrides of arm ``name`` (``grid.arms.<name>.set``), validated as a
+    whole by the same dataclass checks. The methods of ``grid.methods`` get ``meta_train`` itself.
+
+    Raises:
+        ConfigError: an unknown key or a bad value, naming the arm and the key.
+    """
+    arm = config.grid.arms.get(name)
+    if arm is None or not arm.set:
+        return config.meta_train
+    where = f"grid.arms.{name}.set"
+    raw = to_dict(config.meta_train)
+    for key, value in arm.set.items():
+        node: Any = raw
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if not isinstance(node, dict) or part not in node or (not last and not isinstance(node[part], dict)):
+                section = ".".join(["meta_train", *parts[:depth]])
+                valid = sorted(node) if isinstance(node, dict) else []
+                raise ConfigError(f"{where}: unknown key meta_train.{_cut(key)} (valid keys in {section}: {valid})")
+            if last and isinstance(node[part], dict):
+                raise ConfigError(f"{where}: meta_train.{_cut(key)} is a section; set its keys one by one "
+                                  f"(e.g. {key}.{sorted(node[part])[0]})")
+            if not last:
+                node = node[part]
+        node[parts[-1]] = value
+    try:
+        return from_dict(MetaTrainConfig, raw, "meta_train")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,14 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from purer import paths
+from purer.arms import check_arms, run_names
 from purer.config import ExperimentConfig
 from purer.variants import grid_variants
 
 
 def grid_runs(config: ExperimentConfig) -> list[tuple[str, int, int]]:
-    """(method, n_shot, seed) of every meta-training run in ``grid``."""
+    """(run name, n_shot, seed) of every meta-training run in ``grid``: the methods, then the arms
+    (:func:`purer.arms.run_names`). Branching arms are checked (:func:`purer.arms.check_arms`)."""
     g = config.grid
-    return [(m, k, s) for m in g.methods for k in g.shots for s in g.seeds]
+    check_arms(config)
+    return [(m, k, s) for m in run_names(config) for k in g.shots for s in g.seeds]
 
 
 def grid_tests(config: ExperimentConfig) -> list[Path]:

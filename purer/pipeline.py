@@ -37,7 +37,7 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
     "pool": ("cli/pool.py", "models/manifest.py", "models/pool.py", "models/pretrain.py", "models/backbones.py",
              "data/cache.py"),
     "meta_train": (
-        "cli/meta_train.py",
+        "cli/meta_train.py", "arms.py", "meta/branch.py",
         "meta/train.py", "meta/engine.py", "meta/state.py", "meta/checkpoint.py", "meta/model_file.py",
         "meta/init.py", "meta/learners.py", "meta/evaluate.py",
         "inversion/losses.py", "inversion/dataset.py", "inversion/teacher_pool.py", "inversion/curriculum.py",
@@ -45,12 +45,12 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
         "data/episodes.py", "data/cache.py",
     ),
     "meta_test": (
-        "cli/meta_test.py", "variants.py",
+        "cli/meta_test.py", "variants.py", "arms.py",
         "meta/meta_test.py", "meta/evaluate.py", "meta/model_file.py", "meta/calibration.py", "meta/init.py",
         "meta/learners.py", "inversion/losses.py", "models/manifest.py", "models/pool.py", "models/backbones.py",
         "data/episodes.py", "data/cache.py",
     ),
-    "report": ("cli/report.py", "grid.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py",
+    "report": ("cli/report.py", "grid.py", "arms.py", "report/sweeps.py", "report/records.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py",
                "variants.py", "data/cache.py"),
 }
 

@@ -89,6 +89,7 @@ def grid_variants(config: ExperimentConfig, method: str) -> list[str]:
     """The variants the pipeline runs for ``method``: plain, and ICFIL with its controls for the
     methods in ``grid.icfil_methods``."""
     names = [PLAIN] if False in config.grid.icfil else []
-    if method in config.grid.icfil_methods:
+    arm = config.grid.arms.get(method)  # an arm gets ICFIL if it or its base method is listed
+    if method in config.grid.icfil_methods or (arm is not None and arm.method in config.grid.icfil_methods):
         names += ([ICFIL] if True in config.grid.icfil else []) + control_names(config)
     return names

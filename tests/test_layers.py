@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "purer"
 # Lowest first. A module may import modules of its own layer (without a circle) and of lower layers.
 LAYERS = (
     ("base", ("errors", "config", "io", "seeding", "tracking", "hostmem", "statistics", "paths", "variants",
-              "runtime", "outputs", "runinfo", "pipeline", "grid", "purer")),
+              "runtime", "outputs", "runinfo", "pipeline", "arms", "grid", "purer")),
     ("data", ("data",)),
     ("models", ("models",)),
     ("inversion", ("inversion",)),
@@ -27,7 +27,7 @@ LAYERS = (
 )
 # Within meta: the meta-test step sits above the training driver's engine; neither imports the other.
 META_ORDER = ("learners", "init", "model_file", "evaluate", "calibration", "state", "engine", "checkpoint",
-              "train", "meta_test")
+              "branch", "train", "meta_test")
 
 
 def module_name(path: Path) -> str:

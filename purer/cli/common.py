@@ -34,10 +34,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, check_method: bool = True) -> None:
-    """``--method``, ``--n-shot`` and ``--seed``: which run a step works on. ``check_method``: refuse a
-    method outside :data:`purer.pipeline.METHODS` (meta-test with ``--run`` tests any run folder)."""
-    help_text = f"meta-training method ({', '.join(METHODS)})"
-    parser.add_argument("--method", required=True, choices=METHODS if check_method else None, help=help_text)
+    """``--method``, ``--n-shot`` and ``--seed``: which run a step works on. ``--method`` is a method of
+    :data:`purer.pipeline.METHODS` or an arm of ``grid.arms``, checked once the config is loaded
+    (:func:`purer.arms.resolve`); ``check_method=False``: meta-test with ``--run`` tests any run folder."""
+    help_text = f"meta-training method ({', '.join(METHODS)}) or an arm of grid.arms (the run's folder name)"
+    parser.add_argument("--method", required=True, help=help_text)
     parser.add_argument("--n-shot", type=int, required=True, metavar="K", help="support images per class")
     parser.add_argument(
         "--seed", type=int, default=None, help="run seed (default: the first of grid.seeds, as the pipeline's first run)"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from purer import manual, paths
+from purer import arms, manual, paths
 from purer.cli.common import add_common_arguments, add_run_arguments, load, run_seed
 from purer.errors import ConfigError
 from purer.meta.meta_test import AVERAGE, meta_test, write_average
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> None:
             run_dir = own_run
         args.out = str(own_run / "test")
         manual.announce(own_run / "test")
+    if args.method in config.grid.arms:  # an arm is tested with its own settings (its learner)
+        config = arms.resolve(config, args.method).config
     datasets = [args.dataset] if args.dataset else list(config.test_datasets)
     if args.icfil and args.variant not in (None, ICFIL):
         raise ConfigError(f"--icfil and --variant {args.variant} contradict each other (give one)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from purer import manual, paths
+from purer import arms, manual, paths
 from purer.cli.common import add_common_arguments, add_run_arguments, load, run_seed
 from purer.meta.train import meta_train
 from purer.seeding import seed_everything
@@ -35,15 +35,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Meta-train one (method, n_shot, seed) run."""
+    """Meta-train one (method or arm, n_shot, seed) run."""
     config = load(args)
     seed = run_seed(config, args)
     seed_everything(seed)
-    out = args.out
-    if args.overrides and out is None:
+    out, own = args.out, None
+    if args.overrides and out is None:  # a manual run: written in its own folder (purer/manual.py)
         own = manual.manual_config(config, args.overrides)
-        config, out = manual.with_input_pool(config, own), paths.run_dir(own, args.method, args.n_shot, seed)
-        manual.announce(out)
-    meta_train(config, args.method, args.n_shot, seed, out, restart=args.restart)
-    if args.overrides and args.out is None:
+        config = manual.with_input_pool(config, own)
+    run = arms.resolve(config, args.method)
+    if out is None:
+        out = paths.run_dir(own or config, run.name, args.n_shot, seed)
+        if own is not None:
+            manual.announce(out)
+    trunk = arms.check_branch(config, run.name)
+    branch = None if trunk is None else (trunk.config, paths.run_dir(own or config, trunk.name, args.n_shot, seed))
+    meta_train(run.config, run.method, args.n_shot, seed, out, restart=args.restart,
+               arm=run.name if run.name != run.method else None, save_warmup=arms.is_trunk(config, run.name),
+               branch=branch)
+    if own is not None:
         manual.record_overrides(own, args.config, args.overrides)

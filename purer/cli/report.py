@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from purer import manual, paths
+from purer.arms import run_names
 from purer.cli import common
 from purer.cli.common import add_common_arguments
 from purer.errors import ConfigError
@@ -36,7 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from purer.report import aggregate, figures, tables  # pandas/seaborn: only when reporting
+    from purer.report import (  # pandas/seaborn: only when reporting
+        aggregate,
+        figures,
+        records,
+        sweeps,
+        tables,
+    )
 
     config = common.load(args)
     if args.overrides and not args.root and not args.out:  # the report of the manual runs of these overrides
@@ -50,9 +57,14 @@ def run(args: argparse.Namespace) -> None:
     # read and build everything first: a bad input leaves no partial report behind
     # the pipeline's report reads exactly the configured grid; `--root DIR` reads every run under DIR
     grid = None if args.root else grid_tests(config)
-    collected = aggregate.collect_metrics(root, grid)
+    bases = {name: arm.method for name, arm in run_names(config).items()}
+    collected = aggregate.collect_metrics(root, grid, bases)
+    selection = None
+    if config.grid.sweeps and not args.root:  # chosen on validation (run summaries), never on test numbers
+        selection = sweeps.select(config.grid.sweeps, sweeps.validation_scores(config), config.meta_train.n_way)
+        collected = sweeps.sweep_rows(collected, selection)
     summary = aggregate.summarise(collected)
-    differences = aggregate.paired_differences(collected)
+    differences = aggregate.paired_differences(collected, config.grid.pairs)
     built_tables = tables.build_tables(summary, differences)
     main_table = next(t for t in built_tables if t.name == "main")
     main_rows = summary[summary["test_variant"].isin(aggregate.MAIN_VARIANTS)]
@@ -62,11 +74,16 @@ def run(args: argparse.Namespace) -> None:
     with atomic_dir(out) as tmp:
         written = tables.write_tables(built_tables, tmp / "tables", config.report.formats)
         written += figures.save_figures(built_figures, tmp / "figures", config.report.figure_formats)
-        written.append(aggregate.write_summary(tmp / "summary.json", summary, differences))
+        if selection is not None:
+            written += sweeps.write_selection(selection, tmp / "tables")
+        written.append(aggregate.write_summary(tmp / "summary.json", summary, differences,
+                                               None if selection is None else sweeps.selection_metrics(selection)))
         common.write_run_info(tmp, config)
         write_json(tmp / INPUTS_RECORD, input_record(collected["path"]))
     for path in written:
         logger.info("wrote %s", out / path.relative_to(tmp))
+    if config.report.records and not args.root:
+        logger.info("wrote %d record files under %s", len(records.write_records(config)), records.records_dir(config))
     logger.info(
         "report: %d result cells, %d tables, %d figures in %s",
         len(summary),

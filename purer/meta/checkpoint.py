@@ -94,6 +94,7 @@ def checkpoint_state(state: Any) -> dict[str, Any]:
         "switch_events": state.switch_events,
         "val_seconds": state.val_seconds,
         "best_model": state.best_model,
+        "branched_from": getattr(state, "branched_from", None),
     }
 
 
@@ -139,6 +140,7 @@ def restore(state: Any, saved: dict[str, Any], out_dir: Path) -> None:
         state.curve_lines, state.val_lines = int(saved["curve_lines"]), int(saved["val_lines"])
         state.switch_events, state.val_seconds = int(saved["switch_events"]), float(saved["val_seconds"])
         state.best_model = saved.get("best_model")
+        state.branched_from = saved.get("branched_from")
     except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"{out_dir / 'checkpoint.pt'} does not hold a complete meta-training state "

@@ -43,6 +43,9 @@ class MetaTrainRun:
     val_episodes: EpisodeSet
     fingerprint: dict[str, Any]
     info: dict[str, Any]
+    arm: str | None = None  # the arm's name (grid.arms) when it is not the method's
+    save_warmup: bool = False  # an arm branches from this run: save its warm-up state (purer.meta.branch)
+    branch: tuple[ExperimentConfig, Path] | None = None  # start from this ei trunk (config, run folder) at the warm-up
 
     @property
     def mt(self) -> MetaTrainConfig:
@@ -70,3 +73,4 @@ class MetaTrainState:
     resumed_from: int | None = None
     best_model: dict[str, Any] | None = None  # the meta_model.pt payload (rewritten on resume if deleted)
     episode_fn: EpisodeFn | None = None  # the meta step's episode loss (compiled with ``compile``)
+    branched_from: dict[str, Any] | None = None  # {run, iteration} of the trunk this run started from

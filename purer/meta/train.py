@@ -48,6 +48,7 @@ from purer.inversion.curriculum import GradientSwitch, class_strengths
 from purer.inversion.dataset import DynamicDataset
 from purer.inversion.teacher_pool import ResidentPool
 from purer.io import append_jsonl, remove_stale_temporaries, save_torch
+from purer.meta import branch as branch_files
 from purer.meta import checkpoint as ckpt
 from purer.meta import engine
 from purer.meta.evaluate import evaluate
@@ -83,6 +84,10 @@ def meta_train(
     out_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     restart: bool = False,
+    *,
+    arm: str | None = None,
+    save_warmup: bool = False,
+    branch: tuple[ExperimentConfig, Path] | None = None,
 ) -> dict[str, Any]:
     """Meta-train (or, for the baselines, initialise and validate) one run.
 
@@ -94,6 +99,10 @@ def meta_train(
         out_dir: default :func:`purer.paths.run_dir`.
         device: default ``config.device``.
         restart: discard a run of another fingerprint in ``out_dir`` (else it is refused).
+        arm: the arm's name (``grid.arms``), recorded in ``summary.json``; ``config`` is the arm's.
+        save_warmup: also save the state after the warm-up iteration (an arm branches from this run).
+        branch: (trunk config, trunk run folder): start a ``purer`` run from that ``ei`` run's
+            warm-up state (:mod:`purer.meta.branch`) unless its own checkpoint is further on.
 
     Returns:
         The ``summary.json`` dict. A finished run with the same fingerprint is not redone; a run
@@ -106,7 +115,12 @@ def meta_train(
             job after a change) starts over as before.
     """
     run = prepare_run(config, method, n_shot, seed, out_dir, device)
+    run.arm, run.save_warmup, run.branch = arm, save_warmup, branch
+    if branch is not None and method != "purer":
+        raise ConfigError(f"only a purer run can branch from an ei run's warm-up (got method {method})")
     done = ckpt.finished_summary(run.out_dir, run.fingerprint)
+    if done is not None and save_warmup and not (run.out_dir / branch_files.WARMUP_CHECKPOINT).is_file():
+        done = None  # finished before an arm branched from it: rerun to save the warm-up state
     if done is not None:
         logger.info("%s is already complete; nothing to do", run.out_dir)
         return done
@@ -179,7 +193,8 @@ def _learner(run: MetaTrainRun) -> GradientLearner | ProtoNet:
 
 def _head(run: MetaTrainRun) -> dict[str, Any]:
     init = run.mt.init if run.method in TRAINED else run.method
-    return {"method": run.method, "n_way": run.spec.n_way, "n_shot": run.n_shot, "seed": run.seed,
+    arm = {"arm": run.arm} if run.arm is not None else {}
+    return arm | {"method": run.method, "n_way": run.spec.n_way, "n_shot": run.n_shot, "seed": run.seed,
             "n_teachers": len(run.manifest.teachers), "init": init, "learner": run.info["learner"]}
 
 
@@ -234,9 +249,17 @@ def train(run: MetaTrainRun, restart: bool = False) -> dict[str, Any]:
 def train_claimed(run: MetaTrainRun, state: MetaTrainState, restart: bool = False) -> dict[str, Any]:
     """:func:`train` once the run folder is this process's: resume or start, then iterate."""
     saved = ckpt.load_checkpoint(run.out_dir / "checkpoint.pt", run.fingerprint)  # read before any write
+    warmup_file = run.out_dir / branch_files.WARMUP_CHECKPOINT
+    if saved is not None and run.save_warmup and int(saved["iteration"]) >= state.switch.warmup and not warmup_file.is_file():
+        saved = None  # its warm-up state was not kept: start again to save it
+    if saved is not None and run.branch is not None and int(saved["iteration"]) < state.switch.warmup:
+        saved = None  # a branch's own checkpoint before its warm-up cannot be (it starts there)
     if saved is None:
         refuse_foreign_run(run, restart)
         ckpt.clear_run(run.out_dir)
+        warmup_file.unlink(missing_ok=True)
+        if run.branch is not None:
+            branch_files.start_from_trunk(run, state)
     else:
         ckpt.restore(state, saved, run.out_dir)
         logger.info("resuming %s from meta-iteration %d", run.out_dir, state.iteration)
@@ -261,7 +284,10 @@ def train_claimed(run: MetaTrainRun, state: MetaTrainState, restart: bool = Fals
     if state.best["iteration"] is None:  # zero iterations: validate the initialisation
         validate(run, state)
     save_model(run, state, run.out_dir / "last.pt")
-    return ckpt.write_summary(run.out_dir, _head(run) | strength_summary(run), state, run.fingerprint)
+    head = _head(run) | strength_summary(run)
+    if run.branch is not None:
+        head["branched_from"] = state.branched_from
+    return ckpt.write_summary(run.out_dir, head, state, run.fingerprint)
 
 
 def strength_summary(run: MetaTrainRun) -> dict[str, Any]:
@@ -281,7 +307,12 @@ def after_iteration(run: MetaTrainRun, state: MetaTrainState, iteration: int, sn
     last = iteration == run.mt.iterations
     if iteration in snapshots:
         ckpt.write_grids(state.data, run.out_dir / "grids", iteration)
-    if iteration % run.mt.val_interval == 0 or last:
+    scheduled = iteration % run.mt.val_interval == 0
+    if scheduled:
+        validate(run, state)
+    if run.save_warmup and iteration == state.switch.warmup:
+        branch_files.save_warmup_state(run, state)  # before a final validation a longer run would not do
+    if last and not scheduled:
         validate(run, state)
     if iteration % run.mt.checkpoint_interval == 0 or last:
         ckpt.save_checkpoint(run.out_dir / "checkpoint.pt", ckpt.checkpoint_state(state), run.fingerprint)

@@ -79,10 +79,18 @@ class Run:
         return setting_label(self.n_way, self.n_shot)
 
 
-def variant_label(method: str, icfil: bool | str) -> str:
+def arm_label(name: str, base: str | None = None) -> str:
+    """Display name of a run name: a method's (``"PURER"``), or an arm's with its base method
+    (``"purer-parity [PURER]"``)."""
+    if base is None or base == name:
+        return VARIANT_NAMES.get(name, name)
+    return f"{name} [{VARIANT_NAMES.get(base, base)}]"
+
+
+def variant_label(method: str, icfil: bool | str, base: str | None = None) -> str:
     """Display name of a method variant, e.g. ``("purer", True) -> "PURER + ICFIL"``,
-    ``("purer", "plain-steps16") -> "PURER, 16 inner steps"``."""
-    name = VARIANT_NAMES.get(method, method)
+    ``("purer", "plain-steps16") -> "PURER, 16 inner steps"``; an arm's name carries its base method."""
+    name = arm_label(method, base)
     test_variant = icfil if isinstance(icfil, str) else (ICFIL if icfil else PLAIN)
     if test_variant in VARIANT_SUFFIXES:
         return name + VARIANT_SUFFIXES[test_variant]
@@ -106,9 +114,16 @@ def method_rank(method: str) -> tuple[int, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def collect_metrics(root: str | Path, files: Sequence[Path] | None = None) -> pd.DataFrame:
+def collect_metrics(
+    root: str | Path, files: Sequence[Path] | None = None, bases: dict[str, str] | None = None
+) -> pd.DataFrame:
     """One row per ``**/test/<dataset>/{plain,icfil}/metrics.json`` under ``root``, or per file of
     ``files`` (the configured grid's, :func:`purer.grid.grid_tests`) that exists.
+
+    ``bases``: the base method of each run name (:func:`purer.arms.base_method`; a name not in it is
+    its own base), in the ``base_method`` column and the labels. When some run is an arm (a name
+    with another base), ``teacher_weighting`` is left out of the context: arms carry their
+    settings in their names, and runs of different weightings are then paired.
 
     Fields inside ``metrics.json`` win; the run's path
     (``[<experiment>/]<pool>/<method>/<n_way>w<n_shot>s/seed<k>/test/<dataset>/<plain|icfil>/``)
@@ -137,6 +152,12 @@ def collect_metrics(root: str | Path, files: Sequence[Path] | None = None) -> pd
             "test/<dataset>/<plain|icfil|control>/metrics.json (run `purer meta-test` first)"
         )
     frame = pd.DataFrame([_metrics_row(path, root) for path in files])
+    bases = bases or {}
+    frame["base_method"] = [bases.get(m, m) for m in frame["method"]]
+    frame["variant"] = [variant_label(m, v, b) for m, v, b in
+                        zip(frame["method"], frame["test_variant"], frame["base_method"], strict=True)]
+    if any(name != base for name, base in bases.items()):
+        frame["teacher_weighting"] = None
     frame["n_teachers"] = frame["n_teachers"].astype("Int64")
     frame["episodes"] = frame["episodes"].astype("Int64")
     frame["_rank"] = frame["method"].map(method_rank)
@@ -252,6 +273,7 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
     for _, group in metrics.groupby(keys, dropna=False, sort=False):
         _check_unique_seeds(group)
         row = {key: group.iloc[0][key] for key in keys}
+        row["base_method"] = group.iloc[0].get("base_method", row["method"])
         row.update(_seed_stats(group["accuracy"].to_numpy(), group["ci95"].to_numpy()))
         row["seeds"] = ",".join(str(s) for s in sorted(group["seed"]))
         ordered = group.sort_values("seed")
@@ -318,6 +340,9 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, dict[str, float | int]]:
             "ci95": round(float(row["ci95"]), 4),
             "n_seeds": int(row["n_seeds"]),
         }
+        base = row.get("base_method", row["method"])
+        if isinstance(base, str) and base != row["method"]:
+            out[key]["base_method"] = base  # an arm (or a sweep): the method it runs
         if not pd.isna(row.get("best_on_test", math.nan)):
             out[key]["best_on_test"] = round(float(row["best_on_test"]), 4)
     return out
@@ -364,7 +389,10 @@ def icfil_verdicts(differences: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_summary(path: str | Path, summary: pd.DataFrame, differences: pd.DataFrame | None = None) -> Path:
+def write_summary(
+    path: str | Path, summary: pd.DataFrame, differences: pd.DataFrame | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Atomically write :func:`summary_metrics` (and the paired differences and ICFIL verdicts,
     when given) as JSON to ``path``."""
     data: dict[str, Any] = summary_metrics(summary)
@@ -375,6 +403,7 @@ def write_summary(path: str | Path, summary: pd.DataFrame, differences: pd.DataF
             parts = [context_value(c, row[c]) for c in varying]
             key = "/".join([*parts, row["dataset"], f"{row['n_way']}w{row['n_shot']}s", f"{row['method']}+icfil verdict"])
             data[key] = {"helps": bool(row["helps"]), "controls_beaten": int(row["beaten"]), "compared": int(row["controls"])}
+    data |= extra or {}  # e.g. the sweeps' validation scores (purer.report.sweeps.selection_metrics)
     write_json(path, data)
     return Path(path)
 
@@ -384,13 +413,22 @@ def write_summary(path: str | Path, summary: pd.DataFrame, differences: pd.DataF
 # --------------------------------------------------------------------------------------------
 
 
-def comparisons(metrics: pd.DataFrame) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-    """The (method, variant) pairs ``(a, b)`` whose difference ``a − b`` the report shows."""
+DEFAULT_PAIRS = (("purer", "ei"),)  # the method pairs compared when ``grid.pairs`` is empty
+
+
+def comparisons(
+    metrics: pd.DataFrame, pairs: Sequence[Sequence[str]] = ()
+) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """The (method, variant) pairs ``(a, b)`` whose difference ``a − b`` the report shows: the run
+    pairs ``pairs`` (``grid.pairs``; default PURER − EI) in every test variant both have, then every
+    non-plain variant − plain and ICFIL − each control, per method."""
     present = set(zip(metrics["method"], metrics["test_variant"], strict=True))
-    pairs = []
-    for variant in sorted({v for _, v in present}, key=_variant_rank):
-        if ("purer", variant) in present and ("ei", variant) in present:
-            pairs.append((("purer", variant), ("ei", variant)))
+    pairs_list = []
+    for first, second in pairs or DEFAULT_PAIRS:
+        for variant in sorted({v for _, v in present}, key=_variant_rank):
+            if (first, variant) in present and (second, variant) in present:
+                pairs_list.append(((first, variant), (second, variant)))
+    pairs = pairs_list
     for method in sorted({m for m, _ in present}, key=method_rank):
         variants = sorted((v for m, v in present if m == method), key=_variant_rank)
         pairs += [((method, v), (method, PLAIN)) for v in variants if v != PLAIN and (method, PLAIN) in present]
@@ -399,7 +437,7 @@ def comparisons(metrics: pd.DataFrame) -> list[tuple[tuple[str, str], tuple[str,
     return pairs
 
 
-def paired_differences(metrics: pd.DataFrame) -> pd.DataFrame:
+def paired_differences(metrics: pd.DataFrame, pairs: Sequence[Sequence[str]] = ()) -> pd.DataFrame:
     """Paired per-episode differences for :func:`comparisons` (see the module docstring).
 
     Results without per-episode accuracies are skipped. Two results are paired when they share
@@ -414,8 +452,9 @@ def paired_differences(metrics: pd.DataFrame) -> pd.DataFrame:
         DataError: two paired results were scored on different episodes (naming both files).
     """
     usable = metrics[metrics["accuracies"].notna()]
+    labels = dict(zip(zip(metrics["method"], metrics["test_variant"], strict=True), metrics["variant"], strict=True))
     rows = []
-    for a, b in comparisons(usable):
+    for a, b in comparisons(usable, pairs):
         left = usable[(usable["method"] == a[0]) & (usable["test_variant"] == a[1])]
         right = usable[(usable["method"] == b[0]) & (usable["test_variant"] == b[1])]
         merged = left.merge(right, on=[*PAIR_KEYS, "seed"], suffixes=("_a", "_b"), how="inner")
@@ -425,7 +464,7 @@ def paired_differences(metrics: pd.DataFrame) -> pd.DataFrame:
             row.update(
                 setting=setting_label(int(row["n_way"]), int(row["n_shot"])),
                 a_method=a[0], a_variant=a[1], b_method=b[0], b_variant=b[1],
-                label=f"{variant_label(*a)} − {variant_label(*b)}",
+                label=f"{labels.get(a, variant_label(*a))} − {labels.get(b, variant_label(*b))}",
                 n_episodes=len(group.iloc[0]["accuracies_a"]),
                 seed_differences=";".join(f"{s}:{d:.4f}" for s, (d, _) in zip(sorted(group["seed"]), per_seed, strict=True)),
             )

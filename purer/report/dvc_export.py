@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from purer import paths
+from purer.arms import run_names
 from purer.config import load_config
 from purer.io import atomic_dir, write_json
 from purer.report import aggregate
@@ -146,7 +147,7 @@ def export(config_path: str | Path) -> list[Path]:
     """Write the experiment's DVC metrics and plot data; returns the paths written."""
     config = load_config(config_path)
     root = paths.experiment_dir(config)
-    metrics = aggregate.collect_metrics(root)
+    metrics = aggregate.collect_metrics(root, bases={name: arm.method for name, arm in run_names(config).items()})
     summary = aggregate.summarise(metrics)
     files = metrics_files(summary, aggregate.paired_differences(metrics))
     accuracy = accuracy_frame(summary)

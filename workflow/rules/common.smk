@@ -12,7 +12,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 try:
-    from purer import grid, paths, pipeline
+    from purer import arms, grid, paths, pipeline
     from purer.config import load_config, read_yaml, to_dict
     from purer.errors import PurerError
     from purer.models.manifest import load_config_manifest
@@ -141,13 +141,21 @@ def gpus(wildcards=None):
 
 
 def meta_train_gpus(wildcards):
-    """GPUs of one meta-train job: 0 for the baselines that only validate."""
-    return 0 if wildcards.method in VALIDATE_ONLY_METHODS else gpus()
+    """GPUs of one meta-train job: 0 for the baselines that only validate (an arm by its base method)."""
+    return 0 if arms.base_method(CFG, wildcards.method) in VALIDATE_ONLY_METHODS else gpus()
 
 
 def meta_train_runtime(wildcards):
     """Minutes of one meta-train job: 60000 meta-iterations at most a day (resumes if killed)."""
-    return 60 if wildcards.method in VALIDATE_ONLY_METHODS else 1440
+    return 60 if arms.base_method(CFG, wildcards.method) in VALIDATE_ONLY_METHODS else 1440
+
+
+def run_config(wildcards):
+    """The config of one run (``{method}`` is a method or an arm of grid.arms: the arm's meta_train)."""
+    try:
+        return arms.resolve(CFG, wildcards.method).config
+    except PurerError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
 def prepare_inputs(dataset):
@@ -210,13 +218,31 @@ VAL_SPLITS = [cache(name, "val") for name in CFG.pool.datasets]  # validation ep
 
 
 def grid_runs():
-    """(method, n_shot, seed) of every meta-training run in ``grid`` (purer.grid.grid_runs)."""
-    return grid.grid_runs(CFG)
+    """(run name, n_shot, seed) of every meta-training run in ``grid`` (purer.grid.grid_runs)."""
+    try:
+        return grid.grid_runs(CFG)
+    except PurerError as exc:  # a branching arm that may not branch
+        raise WorkflowError(str(exc)) from None
 
 
 def grid_tests():
     """Every meta-test ``metrics.json`` of the grid (purer.grid.grid_tests); the report reads these."""
     return [str(path) for path in grid.grid_tests(CFG)]
+
+
+def meta_train_settings(wildcards):
+    """The run's meta_train and seed; a trunk (an arm branches from it) also saves its warm-up
+    state, so becoming one reruns it."""
+    values = [run_config(wildcards).meta_train, CFG.seed]
+    if arms.is_trunk(CFG, wildcards.method):
+        values.append({"saves_warmup_state": True})
+    return settings(*values)
+
+
+def branch_inputs(wildcards):
+    """A branching arm's trunk run (its summary: the trunk has saved its warm-up state), else nothing."""
+    trunk = arms.trunk_of(CFG, wildcards.method)
+    return [] if trunk is None else [RUN_SUMMARY.format(method=trunk, n_shot=wildcards.n_shot, seed=wildcards.seed)]
 
 
 def grid_run_summaries():

@@ -18,7 +18,7 @@ rule meta_test:
         TEST_PLAIN,
     params:
         config=CONFIGFILE,
-        settings=settings(PLAIN_TEST_SETTINGS, CFG.meta_train.learner, CFG.seed),
+        settings=lambda wildcards: settings(PLAIN_TEST_SETTINGS, run_config(wildcards).meta_train.learner, CFG.seed),
     log:
         f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_plain.log",
     threads: 1
@@ -43,7 +43,7 @@ rule meta_test_icfil:
         TEST_ICFIL,
     params:
         config=CONFIGFILE,
-        settings=settings(TEST_SETTINGS, CFG.meta_train.learner, CFG.seed),
+        settings=lambda wildcards: settings(TEST_SETTINGS, run_config(wildcards).meta_train.learner, CFG.seed),
     log:
         f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_icfil.log",
     threads: 1
@@ -69,7 +69,7 @@ rule meta_test_control:
         TEST_CONTROL,
     params:
         config=CONFIGFILE,
-        settings=settings(TEST_SETTINGS, CFG.meta_train.learner, CFG.seed),
+        settings=lambda wildcards: settings(TEST_SETTINGS, run_config(wildcards).meta_train.learner, CFG.seed),
     log:
         f"{LOGS}/meta_test/{{method}}_{{n_shot}}shot_seed{{seed}}_{{dataset}}_{{control}}.log",
     threads: 1

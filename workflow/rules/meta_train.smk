@@ -1,4 +1,4 @@
-"""meta_train: one job per (method, n_shot, seed) of the grid (ECI and the baselines)."""
+"""meta_train: one job per (method or arm, n_shot, seed) of the grid (ECI and the baselines)."""
 
 
 rule meta_train:
@@ -7,12 +7,13 @@ rule meta_train:
         manifest=MANIFEST,
         teachers=TEACHERS,
         val=VAL_SPLITS,
+        trunk=branch_inputs,  # a branching arm starts from its ei trunk's warm-up state
     output:
         model=META_MODEL,
         summary=RUN_SUMMARY,
     params:
         config=CONFIGFILE,
-        settings=settings(CFG.meta_train, CFG.seed),
+        settings=meta_train_settings,
     log:
         f"{LOGS}/meta_train/{{method}}_{{n_shot}}shot_seed{{seed}}.log",
     threads: 1
