@@ -24,7 +24,7 @@ from purer.config import load_config
 from purer.errors import CheckpointError, ConfigError
 from purer.models.backbones import architecture_registry, build_backbone
 from purer.models.manifest import load_config_manifest, load_manifest, load_pool
-from tests.workflow_support import REPO, output_of, snakemake, tool_env
+from workflow_support import REPO, output_of, snakemake, tool_env
 
 EXAMPLE = REPO / "examples" / "byo_pool"
 

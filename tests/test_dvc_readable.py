@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from purer.report.dvc_export import main
-from tests.workflow_support import REPO, tool_env
+from workflow_support import REPO, tool_env
 
 
 def _write(path: Path, data) -> None:
