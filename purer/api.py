@@ -1,8 +1,8 @@
 """Use a meta-learned model from Python: load it, adapt it to a support set, predict a query.
 
-    import purer
+    from purer.api import load_meta_model
 
-    meta = purer.load_meta_model("results/default/glyphs/purer/5w1s/seed0/meta_model.pt")
+    meta = load_meta_model("results/default/glyphs/purer/5w1s/seed0/meta_model.pt")
     adapted = meta.adapt(meta.preprocess(support_images), support_labels, inner_steps=10)
     labels = adapted.predict(meta.preprocess(query_images))
 

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 MARKER = ".purer-output"
 LOCK = ".purer.lock"
-POOL_FILES = ("teacher_*.pt", "manifest.yaml")  # a pool folder assembled by hand is a pool folder
+POOL_FILES = ("teacher_*.pt", "manifest.yaml", ".teacher_*.lock")  # a pool folder assembled by hand, or one a teacher job has just claimed
 _UNSUPPORTED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 
 

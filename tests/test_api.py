@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-import purer
+from purer import api
 from purer import paths
 from purer.cli.main import main as purer_main
 from purer.config import load_config
@@ -73,8 +73,8 @@ def test_the_readme_snippet_runs_as_written(trained):
     assert re.fullmatch(r"query accuracy: \d+\.\d%", second)
 
 
-def _model(trained: Path) -> purer.MetaModel:
-    return purer.load_meta_model(trained / "results/default/glyphs/purer/5w1s/seed0/meta_model.pt")
+def _model(trained: Path) -> api.MetaModel:
+    return api.load_meta_model(trained / "results/default/glyphs/purer/5w1s/seed0/meta_model.pt")
 
 
 def _task(trained: Path, shots: int = 1):
@@ -148,4 +148,4 @@ def test_a_file_that_is_not_a_meta_model_is_named(tmp_path):
     path = tmp_path / "teacher.pt"
     torch.save({"state_dict": {}}, path)
     with pytest.raises(CheckpointError, match=f"meta model {path} lacks the entries"):
-        purer.load_meta_model(path)
+        api.load_meta_model(path)

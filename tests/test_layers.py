@@ -17,12 +17,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "purer"
 # Lowest first. A module may import modules of its own layer (without a circle) and of lower layers.
 LAYERS = (
     ("base", ("errors", "config", "io", "seeding", "tracking", "hostmem", "statistics", "paths", "variants",
-              "runtime", "outputs", "runinfo", "pipeline", "arms", "grid", "purer")),
+              "runtime", "outputs", "runinfo", "pipeline", "arms", "grid", "manual", "purer")),
     ("data", ("data",)),
     ("models", ("models",)),
     ("inversion", ("inversion",)),
     ("meta", ("meta",)),
     ("report", ("report",)),
+    ("api", ("api",)),
     ("cli", ("cli", "__main__")),
 )
 # Within meta: the meta-test step sits above the training driver's engine; neither imports the other.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -31,7 +32,7 @@ def smoke_config(seeds: tuple[int, ...] = (0, 1)) -> dict:
     config["meta_train"]["curriculum"] = {"warmup": 2, "patience": 1}
     config["grid"] = {"methods": ["random", "average"], "shots": [1], "seeds": list(seeds), "icfil": [False, True],
                       "icfil_methods": ["random", "average", "ei", "purer"], "icfil_controls": ["noise"],
-                      "arms": ARMS, "sweeps": {"purer-equal": ["purer-s1", "purer-s3"]},
+                      "arms": copy.deepcopy(ARMS), "sweeps": {"purer-equal": ["purer-s1", "purer-s3"]},
                       "pairs": [["purer-parity", "ei-triangular"], ["purer-equal", "ei"]]}
     config["report"] |= {"records": True}
     return config

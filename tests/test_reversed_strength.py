@@ -336,7 +336,7 @@ def test_configs_that_follow_the_released_scripts_use_parity_mode():
     from workflow_support import REPO
 
     experiments = sorted((REPO / "config" / "experiments").glob("*.yaml"))
-    parity = [p for p in experiments if p.stem != "bench"]
+    parity = [p for p in experiments if p.stem != "bench" and not p.stem.startswith("replication")]
     assert len(parity) == 7
     for path in parity:
         text = path.read_text(encoding="utf-8")
@@ -345,6 +345,12 @@ def test_configs_that_follow_the_released_scripts_use_parity_mode():
         assert config.inversion.teacher_weighting == "triangular", path
         assert (config.curriculum.adv_scale, config.curriculum.adv_strength) == (10.0, None), path
         assert (config.curriculum.warmup, config.curriculum.warmup_fraction) == (4000, None), path
+    # the replication study: its parity arm is the released scripts' PURER, with an absolute warm-up
+    replication = load_config(REPO / "config" / "experiments" / "replication.yaml")
+    assert replication.meta_train.curriculum.warmup_fraction is None
+    parity_arm = replication.grid.arms["purer-parity"]
+    assert parity_arm.set == {"inversion.teacher_weighting": "triangular", "curriculum.adv_scale": 10.0}
+    assert replication.grid.arms[parity_arm.branch_from].set == {"inversion.teacher_weighting": "triangular"}
     for path in (REPO / "config" / "config.yaml", REPO / "config" / "experiments" / "bench.yaml"):
         curriculum = load_config(path).meta_train.curriculum
         assert (curriculum.warmup, curriculum.warmup_fraction) == (None, 0.25), path

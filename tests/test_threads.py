@@ -63,8 +63,8 @@ def _rule_threads() -> dict[str, int]:
     threads = {}
     for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         text = path.read_text(encoding="utf-8")
-        for block in re.split(r"\n(?=rule )", text)[1:]:
-            name = re.match(r"rule (\w+):", block)
+        for block in re.split(r"\n(?=[ \t]*rule )", text)[1:]:
+            name = re.match(r"[ \t]*rule (\w+):", block)
             found = re.search(r"\n\s+threads: (\d+)", block)
             if name and found:
                 threads[name.group(1)] = int(found.group(1))

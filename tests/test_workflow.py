@@ -83,7 +83,7 @@ def test_lint_is_clean():
 
 def test_default_dag_expands_the_grid(default_dry_run):
     config = load_config(REPO / "config" / "config.yaml")
-    runs = len(config.grid.methods) * len(config.grid.shots) * len(config.grid.seeds)
+    runs = (len(config.grid.methods) + len(config.grid.arms)) * len(config.grid.shots) * len(config.grid.seeds)
     icfil_runs = len(config.grid.icfil_methods) * len(config.grid.shots) * len(config.grid.seeds)
     controls = len(control_names(config))
     counts: dict[str, int] = {}
@@ -187,7 +187,7 @@ def test_every_experiment_builds_its_dag(name):
     result = snakemake("-n", "--forceall", "--ignore-incomplete", "--cores", "all", "--configfile", str(path))
     assert result.returncode == 0, output_of(result)
     rules = [job["rule"] for job in dry_run_jobs(output_of(result))]
-    runs = len(config.grid.methods) * len(config.grid.shots) * len(config.grid.seeds)
+    runs = (len(config.grid.methods) + len(config.grid.arms)) * len(config.grid.shots) * len(config.grid.seeds)
     assert rules.count("pool_train") == n_teachers(config) == 13 * len(config.pool.datasets)
     assert rules.count("meta_train") == runs
     assert rules.count("meta_test") == runs * len(config.test_datasets)

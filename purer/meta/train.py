@@ -128,9 +128,10 @@ def meta_train(
 
 
 def refuse_foreign_run(run: MetaTrainRun, restart: bool) -> None:
-    """Raise CheckpointError when the run folder holds finished outputs of another run (see :func:`meta_train`)."""
+    """Raise CheckpointError when the run folder holds finished outputs of another run (see :func:`meta_train`);
+    this run's own finished outputs (a run rerun to save its warm-up state) are not foreign."""
     found = [name for name in ("meta_model.pt", "summary.json") if (run.out_dir / name).is_file()]
-    if found and not restart:
+    if found and not restart and ckpt.finished_summary(run.out_dir, run.fingerprint) is None:
         raise CheckpointError(
             f"{run.out_dir} holds {' and '.join(found)} of a run with another configuration, pool or code "
             "(its fingerprint differs); it is kept. Pass --restart to discard it and start over, or write "
