@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from purer import api
-from purer import paths
+from purer import api, paths
 from purer.cli.main import main as purer_main
 from purer.config import load_config
 from purer.data.cache import load_split

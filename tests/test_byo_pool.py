@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from workflow_support import REPO, output_of, snakemake, tool_env
 
 from purer import paths
 from purer.cli.main import main as purer_main
@@ -24,7 +25,6 @@ from purer.config import load_config
 from purer.errors import CheckpointError, ConfigError
 from purer.models.backbones import architecture_registry, build_backbone
 from purer.models.manifest import load_config_manifest, load_manifest, load_pool
-from workflow_support import REPO, output_of, snakemake, tool_env
 
 EXAMPLE = REPO / "examples" / "byo_pool"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_support import REPO, tool_env
 
 from purer.report.dvc_export import main
-from workflow_support import REPO, tool_env
 
 
 def _write(path: Path, data) -> None:

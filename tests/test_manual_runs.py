@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_support import micro_config, output_of, snakemake, write_yaml
 
 from purer import paths
 from purer.cli.main import main
 from purer.config import load_config
 from purer.manual import manual_config, overrides_key
 from purer.report import aggregate
-from workflow_support import micro_config, output_of, snakemake, write_yaml
 
 CONFIG = {
     "experiment": "m",

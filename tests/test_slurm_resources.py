@@ -3,12 +3,20 @@ account and partition from the command line or an untracked site profile, never 
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 from test_workflow import dry_run_jobs, resources
-from workflow_support import REPO, micro_config, output_of, snakemake, tool_env, write_yaml
+from workflow_support import (
+    REPO,
+    flag,
+    micro_config,
+    output_of,
+    sbatch_calls,
+    snakemake,
+    tool_env,
+    write_yaml,
+)
 
 from purer import paths
 from purer.config import load_config
@@ -70,17 +78,6 @@ def test_the_tracked_profile_holds_no_site_settings():
     assert "/profiles/site/" in (REPO / ".gitignore").read_text(encoding="utf-8")
 
 
-def _sbatch_calls(state) -> list[list[str]]:
-    calls = [json.loads(line) for line in (state / "calls.jsonl").read_text(encoding="utf-8").splitlines()]
-    return [call["argv"] for call in calls if call["cmd"] == "sbatch"]
-
-
-def _flag(argv: list[str], name: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
 
 @pytest.mark.slow
 def test_sbatch_of_a_cuda_teacher_asks_for_a_gpu(tmp_path):
@@ -101,12 +98,12 @@ def test_sbatch_of_a_cuda_teacher_asks_for_a_gpu(tmp_path):
         "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "1",
         str(teacher), env=env, timeout=600,
     )
-    calls = {_flag(argv, "--comment"): argv for argv in _sbatch_calls(state)}
+    calls = {flag(argv, "--comment"): argv for argv in sbatch_calls(state)}
     (prepare,) = [argv for comment, argv in calls.items() if comment.startswith("rule_prepare_glyphs")]
     trains = [argv for comment, argv in calls.items() if comment.startswith("rule_pool_train")]
     assert len(trains) == 1, output_of(result)[-3000:]
     (train,) = trains
     assert "--gpus=1" in train and "--cpus-per-gpu=4" in train
-    assert _flag(train, "-p") == "gpu" and _flag(train, "-A") == "my_account"
+    assert flag(train, "-p") == "gpu" and flag(train, "-A") == "my_account"
     assert not any(arg.startswith("--gpus") for arg in prepare) and "--cpus-per-task=1" in prepare
-    assert _flag(prepare, "-p") == "cpu" and _flag(prepare, "-A") == "my_account"
+    assert flag(prepare, "-p") == "cpu" and flag(prepare, "-A") == "my_account"

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
-from workflow_support import REPO, micro_config, output_of, snakemake, tool_env, write_yaml
+from workflow_support import (
+    REPO,
+    flag,
+    micro_config,
+    output_of,
+    sbatch_calls,
+    snakemake,
+    tool_env,
+    write_yaml,
+)
 
 from purer import paths
 from purer.config import load_config
 
 SHIM = REPO / "tests" / "slurm_shim"
 
-
-def _sbatch_calls(state) -> list[list[str]]:
-    calls = [json.loads(line) for line in (state / "calls.jsonl").read_text(encoding="utf-8").splitlines()]
-    return [call["argv"] for call in calls if call["cmd"] == "sbatch"]
-
-
-def _flag(argv: list[str], name: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
 
 
 @pytest.mark.slow
@@ -44,7 +41,7 @@ def test_profile_submits_cpu_jobs_without_gpus(tmp_path):
     assert result.returncode == 0, output_of(result)[-5000:]
     assert (workdir / teacher).is_file()
 
-    calls = {_flag(argv, "--comment"): argv for argv in _sbatch_calls(state)}
+    calls = {flag(argv, "--comment"): argv for argv in sbatch_calls(state)}
     assert len(calls) == 2, list(calls)
     (prepare,) = [argv for comment, argv in calls.items() if comment.startswith("rule_prepare_glyphs")]
     (train,) = [argv for comment, argv in calls.items() if comment.startswith("rule_pool_train")]
@@ -52,5 +49,5 @@ def test_profile_submits_cpu_jobs_without_gpus(tmp_path):
     # threads (set-threads: 4, capped by --cores) as --cpus-per-task; no --cpus-per-gpu without a GPU
     assert any(arg.startswith("--cpus-per-task=") for arg in train)
     assert not any(arg.startswith("--cpus-per-gpu") for arg in train)
-    assert _flag(train, "-p") == "cpu" and _flag(train, "-A") == "my_account"
-    assert _flag(prepare, "-p") == "cpu" and "--cpus-per-task=1" in prepare
+    assert flag(train, "-p") == "cpu" and flag(train, "-A") == "my_account"
+    assert flag(prepare, "-p") == "cpu" and "--cpus-per-task=1" in prepare

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,17 @@ def write_yaml(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+def sbatch_calls(state: Path) -> list[list[str]]:
+    """The argv of every ``sbatch`` call the fake SLURM (tests/slurm_shim) recorded in ``state``."""
+    calls = [json.loads(line) for line in (state / "calls.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [call["argv"] for call in calls if call["cmd"] == "sbatch"]
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    """The value after option ``name`` in ``argv`` (None if absent)."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
