@@ -18,7 +18,14 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from purer.config import ArmConfig, ExperimentConfig, MetaTrainConfig, arm_meta_train, to_dict
+from purer.config import (
+    ArmConfig,
+    ExperimentConfig,
+    MetaTrainConfig,
+    arm_meta_train,
+    effective_warmup,
+    to_dict,
+)
 from purer.errors import ConfigError
 
 # meta_train keys that act only from the warm-up on, or never on the numbers: a branch may differ in these
@@ -77,13 +84,6 @@ def trunk_of(config: ExperimentConfig, name: str) -> str | None:
 def is_trunk(config: ExperimentConfig, name: str) -> bool:
     """Whether some arm branches from run ``name`` (it then saves its warm-up state)."""
     return any(arm.branch_from == name for arm in config.grid.arms.values())
-
-
-def effective_warmup(curriculum, iterations: int) -> int:
-    """As :func:`purer.inversion.curriculum.effective_warmup` (kept here: this module stays torch-free)."""
-    if curriculum.warmup_fraction is not None:
-        return int(round(curriculum.warmup_fraction * iterations))
-    return int(curriculum.warmup)
 
 
 def _flatten(raw: dict, prefix: str = "") -> dict[str, object]:

@@ -212,6 +212,13 @@ class CurriculumConfig:
             _require(0 <= self.warmup_fraction <= 1, "warmup_fraction", "in [0, 1]", self.warmup_fraction)
 
 
+def effective_warmup(curriculum: CurriculumConfig, iterations: int) -> int:
+    """Warm-up in meta-iterations: ``warmup``, or ``round(warmup_fraction * iterations)`` (smoke runs)."""
+    if curriculum.warmup_fraction is not None:
+        return int(round(curriculum.warmup_fraction * iterations))
+    return int(curriculum.warmup)
+
+
 @dataclass(frozen=True)
 class MetaTrainConfig:
     """ECI meta-training and the training-time baselines (docs/method.md §2, §6)."""

@@ -37,16 +37,12 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from purer.config import CurriculumConfig
+from purer.config import (  # effective_warmup: re-exported (one definition, torch-free)
+    CurriculumConfig,
+    effective_warmup,
+)
 from purer.inversion.teacher_pool import teacher_weights
 from purer.models.manifest import TeacherEntry
-
-
-def effective_warmup(curriculum: CurriculumConfig, iterations: int) -> int:
-    """Warm-up in meta-iterations: ``warmup``, or ``round(warmup_fraction * iterations)`` (smoke runs)."""
-    if curriculum.warmup_fraction is not None:
-        return int(round(curriculum.warmup_fraction * iterations))
-    return int(curriculum.warmup)
 
 
 def class_inversion_weights(teachers: Sequence[TeacherEntry], order: Sequence[int], weighting: str) -> dict[int, float]:
