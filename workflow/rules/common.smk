@@ -14,6 +14,7 @@ from snakemake.exceptions import WorkflowError
 try:
     from purer import arms, grid, paths, pipeline
     from purer.config import load_config, read_yaml, to_dict
+    from purer.data import registry
     from purer.errors import PurerError
     from purer.models.manifest import load_config_manifest
     from purer.models.pool import n_teachers
@@ -160,11 +161,29 @@ def run_config(wildcards):
 
 def prepare_inputs(dataset):
     """Code of the dataset's source, and its raw data when present (a missing one is reported by
-    ``purer prepare`` with instructions, rather than by Snakemake)."""
+    ``purer prepare`` with instructions, rather than by Snakemake).
+
+    The raw data is ``ancient``: its modification time never reruns prepare (the raw folder may be
+    copied again, same bytes, new times, at each sitting); :func:`prepare_source` does, on content.
+    """
     inputs = CODE["prepare"] + code(*SOURCE_MODULES.get(dataset.source, []))
     if dataset.path is not None and Path(dataset.path).exists():
-        inputs.append(dataset.path)
+        inputs.append(ancient(dataset.path))
     return inputs
+
+
+def prepare_source(name):
+    """A ``params`` entry of ``prepare_<name>``: the content signature of its source data
+    (purer.data.registry.workflow_source), so Snakemake reruns prepare exactly when the data's
+    content (or its path) changes. A function: the raw data is read only when the job is in the DAG."""
+
+    def source(wildcards):
+        try:
+            return json.dumps(registry.workflow_source(CFG, name), sort_keys=True)
+        except PurerError as exc:
+            raise WorkflowError(str(exc)) from None
+
+    return source
 
 
 # --------------------------------------------------------------------------------------------
