@@ -171,6 +171,7 @@ def test_workflow_source_keeps_the_recorded_signature_when_the_data_is_gone(tmp_
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_snakemake_reruns_prepare_on_new_content_only(tmp_path):
     """After a real prepare: a re-copy of the raw zip (new times) schedules nothing; other bytes of the
     same size and time rerun prepare, through its ``source`` params."""
