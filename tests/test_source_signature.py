@@ -174,7 +174,8 @@ def test_workflow_source_keeps_the_recorded_signature_when_the_data_is_gone(tmp_
 @pytest.mark.slow
 def test_snakemake_reruns_prepare_on_new_content_only(tmp_path):
     """After a real prepare: a re-copy of the raw zip (new times) schedules nothing; other bytes of the
-    same size and time rerun prepare, through its ``source`` params."""
+    same size and time rerun prepare, through its ``source`` params; the zip gone schedules nothing
+    (a rerun would fail, and Snakemake would delete the cached splits of the failed job)."""
     archive = tmp_path / "raw" / "mini.zip"
     archive.parent.mkdir()
     write_mini_zip(archive)
@@ -202,3 +203,8 @@ def test_snakemake_reruns_prepare_on_new_content_only(tmp_path):
     (job,) = scheduled()
     assert job["rule"] == "prepare_raw"
     assert job["reason"].startswith("Params have changed since last execution"), job
+
+    replace_bytes(archive, flip_middle_byte(archive.read_bytes()), archive.stat().st_mtime_ns)  # as built
+    assert scheduled() == []
+    archive.rename(tmp_path / "elsewhere.zip")  # a sitting started before the raw data was copied
+    assert scheduled() == []
