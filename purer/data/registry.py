@@ -4,7 +4,8 @@
 ``build(config: DatasetConfig) -> dict[str, SplitData]``. :func:`prepare_dataset` writes the three
 cached splits and, last, a ``dataset.json`` recording what they were built from: the dataset config
 (without ``path``/``download``) and the source data (the resolved ``path`` and a signature of its
-files' names, sizes and modification times, :func:`source_signature`). Everything is written into a
+content, :func:`source_signature`: never of modification times, so a re-copy of the same bytes keeps
+the cache). Everything is written into a
 temporary folder that then replaces ``<data_dir>/<name>/<size>px`` as a whole, so a cache is never a
 mix of two builds. Existing caches are reused when the record is present, readable and matches the
 current config and source; otherwise (including no record: an interrupted or hand-made cache) they
@@ -13,6 +14,7 @@ are rebuilt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -111,14 +113,21 @@ def read_record(config: ExperimentConfig, name: str) -> dict[str, Any] | None:
 
 
 def source_signature(dataset: DatasetConfig) -> dict[str, Any] | None:
-    """Where the source data is and a cheap signature of its content, or None (no ``path``).
+    """Where the source data is and a signature of its content, or None (no ``path``).
 
     ``path`` is resolved (symlinks, ``~``, relative to the working folder). The signature is a
-    SHA-256 over, for a file, its size and modification time (ns); for a folder, the relative path,
-    size and modification time of every visible file below it (hidden names skipped, as the sources
-    skip them; symlinked folders followed once), or of the one file the source reads there
-    (:data:`SIGNED_PATHS`: cifar-fs reads ``<path>/cifar-100-python.tar.gz``). Nothing is read, so it
-    costs one ``stat`` per file. A missing path gets signature None.
+    SHA-256 over, for a file (an archive), its size and the SHA-256 of its bytes; for a folder, the
+    relative path and size of every visible file below it (hidden names skipped, as the sources skip
+    them; symlinked folders followed once), or the content of the one file the source reads there
+    (:data:`SIGNED_PATHS`: cifar-fs reads ``<path>/cifar-100-python.tar.gz``). Modification times
+    are never signed: copying the same data again (new times, same bytes) keeps the signature, so
+    neither ``purer prepare`` nor Snakemake's ``prepare_<name>`` rebuilds the cache.
+
+    A file is read once per process (its digest is remembered by its identity, size and times; a
+    changed time only makes it read again). The files of a folder are not read, which would cost too
+    much at each workflow build for an image folder: an edit that keeps a folder file's name and size
+    is not detected; rebuild after such an edit with ``purer prepare --force`` or
+    ``snakemake -R prepare_<name>``. A missing path gets signature None.
     """
     if dataset.path is None:
         return None
@@ -127,14 +136,23 @@ def source_signature(dataset: DatasetConfig) -> dict[str, Any] | None:
     digest = hashlib.sha256()
     if signed.is_file():
         stat = signed.stat()
-        digest.update(f"{stat.st_size}\t{stat.st_mtime_ns}".encode())
+        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        content = _file_digest(str(signed), *identity)
+        digest.update(f"{stat.st_size}\t{content}".encode())
     elif signed.is_dir():
         for relative, stat in _walk_files(signed):
-            line = f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+            line = f"{relative}\t{stat.st_size}\n"
             digest.update(line.encode("utf-8", "surrogateescape"))
     else:
         return {"path": str(root), "signature": None}
     return {"path": str(root), "signature": digest.hexdigest()}
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, device: int, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """SHA-256 (hex) of the bytes of ``path``, read in chunks; remembered per identity, size and times."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _walk_files(root: Path) -> list[tuple[str, os.stat_result]]:
@@ -155,6 +173,23 @@ def _walk_files(root: Path) -> list[tuple[str, os.stat_result]]:
             except OSError:  # a dangling symlink: the source reports it when it reads the file
                 continue
     return sorted(found, key=lambda item: item[0])
+
+
+def workflow_source(config: ExperimentConfig, name: str) -> dict[str, Any] | None:
+    """The source signature that Snakemake's ``prepare_<name>`` reruns on (a ``params`` entry).
+
+    :func:`source_signature`, except when the data is gone from the path the cache was built from
+    (e.g. a cache fetched with ``dvc pull`` without the raw data): then the recorded signature, so a
+    cache kept without its source is not rebuilt (as :func:`cache_is_current` keeps it).
+    """
+    source = source_signature(dataset_config(config, name))
+    if source is None or source["signature"] is not None:
+        return source
+    record = read_record(config, name)
+    recorded = record.get("data") if record is not None else None
+    if isinstance(recorded, dict) and recorded.get("path") == source["path"]:
+        return recorded
+    return source
 
 
 def cache_is_current(config: ExperimentConfig, name: str) -> bool:

@@ -14,6 +14,7 @@ from snakemake.exceptions import WorkflowError
 try:
     from purer import arms, grid, paths, pipeline
     from purer.config import load_config, read_yaml, to_dict
+    from purer.data import registry
     from purer.errors import PurerError
     from purer.models.manifest import load_config_manifest
     from purer.models.pool import n_teachers
@@ -159,12 +160,27 @@ def run_config(wildcards):
 
 
 def prepare_inputs(dataset):
-    """Code of the dataset's source, and its raw data when present (a missing one is reported by
-    ``purer prepare`` with instructions, rather than by Snakemake)."""
-    inputs = CODE["prepare"] + code(*SOURCE_MODULES.get(dataset.source, []))
-    if dataset.path is not None and Path(dataset.path).exists():
-        inputs.append(dataset.path)
-    return inputs
+    """Code of the dataset's source. The raw data is not an input: Snakemake would rerun prepare on
+    its modification time (the raw folder may be copied again, same bytes, new times, at each
+    sitting) and on its disappearance (the rerun fails, and Snakemake deletes the cached splits of
+    the failed job). :func:`prepare_source` reruns prepare on its content instead; a missing path is
+    reported by ``purer prepare`` with instructions."""
+    return CODE["prepare"] + code(*SOURCE_MODULES.get(dataset.source, []))
+
+
+def prepare_source(name):
+    """A ``params`` entry of ``prepare_<name>``: the content signature of its source data
+    (purer.data.registry.workflow_source), so Snakemake reruns prepare exactly when the data's
+    content (or its path) changes; data gone from the path the cache was built from changes nothing.
+    A function: the raw data is read only when the job is in the DAG."""
+
+    def source(wildcards):
+        try:
+            return json.dumps(registry.workflow_source(CFG, name), sort_keys=True)
+        except PurerError as exc:
+            raise WorkflowError(str(exc)) from None
+
+    return source
 
 
 # --------------------------------------------------------------------------------------------

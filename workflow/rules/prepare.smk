@@ -14,6 +14,7 @@ for _name, _dataset in CFG.datasets.items():
             config=CONFIGFILE,
             dataset=_name,
             settings=settings(_dataset),
+            source=prepare_source(_name),
         log:
             f"{LOGS}/prepare/{_name}.log",
         threads: 1
