@@ -22,7 +22,7 @@ LAYERS = (
     ("models", ("models",)),
     ("inversion", ("inversion",)),
     ("meta", ("meta",)),
-    ("report", ("report",)),
+    ("report", ("report", "status")),
     ("api", ("api",)),
     ("cli", ("cli", "__main__")),
 )

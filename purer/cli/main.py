@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "meta-train": ("purer.cli.meta_train", "meta-train a model (purer/ei/random/average) from the pool"),
     "meta-test": ("purer.cli.meta_test", "evaluate a meta model on fixed episodes (optionally with ICFIL)"),
     "report": ("purer.cli.report", "gather metrics into paper-style tables and figures"),
+    "status": ("purer.cli.status", "where the experiment stands: each run's progress and validation so far (no test numbers)"),
 }
 
 

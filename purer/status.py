@@ -1,0 +1,127 @@
+"""Where a long experiment stands, read from its run folders without reading a test number.
+
+For every meta-training run of the grid (:func:`purer.grid.grid_runs`): its state (``finished``: a
+``summary.json``; ``partial``: training logs but no summary, i.e. running or stopped, resumable;
+``not started``), the meta-iteration reached of the run's length, the latest and the best
+validation accuracy so far, the reversed steps taken, a time-left estimate from the median seconds
+of the last 100 logged meta-iterations, and how many of its meta-tests exist. The meta-tests'
+numbers are not read: a study can be watched without seeing its test results before the runs end.
+
+Pure Python and JSON (no torch, no pandas): it is cheap to run at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from purer import arms, paths
+from purer.config import ExperimentConfig, effective_warmup
+from purer.grid import grid_runs
+from purer.variants import grid_variants
+
+RECENT = 100  # logged meta-iterations behind the time-left estimate
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """One run's progress (accuracies in points; None where nothing is logged yet)."""
+
+    run: str
+    n_shot: int
+    seed: int
+    state: str  # finished / partial / not started
+    iteration: int  # meta-iterations logged (the last curve.jsonl line)
+    iterations: int  # the run's length (its arm's meta_train.iterations; 0 for an initialisation)
+    start: int  # where its own training starts: the warm-up for an arm branched from a trunk, else 0
+    last_val: tuple[int, float] | None  # (iteration, accuracy) of the latest validation
+    best_val: tuple[int, float] | None  # (iteration, accuracy) of the best validation so far
+    switches: int  # meta-iterations with a reversed step
+    seconds_left: float | None  # (iterations - iteration) * median recent seconds per meta-iteration
+    tests_done: int
+    tests: int
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL log; a torn last line (a sitting stopped mid-write) is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def run_status(config: ExperimentConfig, name: str, n_shot: int, seed: int) -> RunStatus:
+    """The progress of run ``name`` (a method or an arm) at ``n_shot`` and ``seed``."""
+    resolved = arms.resolve(config, name)
+    run = paths.run_dir(config, name, n_shot, seed)
+    trained = resolved.method in ("purer", "ei")
+    mt = resolved.config.meta_train
+    length = mt.iterations if trained else 0
+    start = effective_warmup(mt.curriculum, mt.iterations) if arms.trunk_of(config, name) else 0
+    curve = read_lines(run / "curve.jsonl")
+    val = [(int(r["iteration"]), float(r["accuracy"])) for r in read_lines(run / "val.jsonl")
+           if "iteration" in r and "accuracy" in r]
+    iteration = int(curve[-1].get("iteration", len(curve))) if curve else 0
+    if (run / "summary.json").is_file():
+        state = "finished"
+    elif curve or val or (run / "checkpoint.pt").is_file():
+        state = "partial"
+    else:
+        state = "not started"
+    recent = [float(r["seconds"]) for r in curve[-RECENT:] if isinstance(r.get("seconds"), (int, float))]
+    seconds_left = None
+    if state == "partial" and recent:
+        seconds_left = max(length - iteration, 0) * statistics.median(recent)
+    tests = [paths.test_dir(run, dataset, variant) / "metrics.json"
+             for dataset in config.test_datasets for variant in grid_variants(config, name)]
+    return RunStatus(
+        run=name, n_shot=n_shot, seed=seed, state=state, iteration=iteration, iterations=length, start=start,
+        last_val=val[-1] if val else None, best_val=max(val, key=lambda v: (v[1], -v[0])) if val else None,
+        switches=sum(1 for r in curve if r.get("switch")), seconds_left=seconds_left,
+        tests_done=sum(1 for t in tests if t.is_file()), tests=len(tests),
+    )
+
+
+def experiment_status(config: ExperimentConfig) -> list[RunStatus]:
+    """:func:`run_status` of every run of the grid, in the grid's order."""
+    return [run_status(config, name, n_shot, seed) for name, n_shot, seed in grid_runs(config)]
+
+
+def teachers_done(config: ExperimentConfig, n_teachers: int) -> int:
+    """How many of the pool's ``n_teachers`` checkpoints exist."""
+    return sum(1 for i in range(n_teachers) if paths.teacher_path(config, i).is_file())
+
+
+def _accuracy(value: tuple[int, float] | None) -> str:
+    return "-" if value is None else f"{value[1]:.2f} @{value[0]}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}"
+
+
+def status_table(rows: list[RunStatus]) -> str:
+    """A Markdown table of :func:`experiment_status`, one line per run, with a total line."""
+    lines = ["| run | shot | seed | state | meta-iteration | last val | best val | reversed steps | time left | meta-tests |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        progress = f"{r.iteration}/{r.iterations}" if r.iterations else "-"
+        lines.append(f"| {r.run} | {r.n_shot} | {r.seed} | {r.state} | {progress} | {_accuracy(r.last_val)} | "
+                     f"{_accuracy(r.best_val)} | {r.switches} | {_duration(r.seconds_left)} | {r.tests_done}/{r.tests} |")
+    finished = sum(r.state == "finished" for r in rows)
+    left = sum(r.iterations - max(r.iteration, r.start) for r in rows if r.state != "finished")
+    lines.append(f"\n{finished} of {len(rows)} runs finished; {left} meta-iterations left in the others "
+                 "(a branched run from its warm-up on).")
+    return "\n".join(lines)

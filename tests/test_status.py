@@ -1,0 +1,77 @@
+"""`purer status`: each run's progress from its logs, never a test number (purer/status.py)."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from purer import paths
+from purer.cli.main import main
+from purer.config import load_config
+from purer.status import experiment_status, status_table
+
+GRID = {
+    "methods": ["random"], "shots": [5], "seeds": [0], "icfil": [False],
+    "arms": {"ei-t": {"method": "ei"},
+             "parity": {"method": "purer", "branch_from": "ei-t", "set": {"curriculum.adv_scale": 10.0}}},
+}
+
+
+def _config(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "experiment": "study", "results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data"),
+        "meta_train": {"iterations": 1000, "val_interval": 100, "curriculum": {"warmup": 400}},
+        "grid": GRID,
+    }))
+    return path, load_config(path)
+
+
+def _log(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_states_progress_validation_and_time_left(tmp_path):
+    path, config = _config(tmp_path)
+    trunk = paths.run_dir(config, "ei-t", 5, 0)
+    # 250 meta-iterations at 2 s each (one slow first iteration), a torn last line from a stopped sitting
+    _log(trunk / "curve.jsonl", [{"iteration": i, "seconds": 60.0 if i == 1 else 2.0} for i in range(1, 251)])
+    with open(trunk / "curve.jsonl", "a") as handle:
+        handle.write('{"iteration": 251, "sec')
+    _log(trunk / "val.jsonl", [{"iteration": 100, "accuracy": 31.0}, {"iteration": 200, "accuracy": 30.5}])
+    random_run = paths.run_dir(config, "random", 5, 0)
+    (random_run).mkdir(parents=True)
+    (random_run / "summary.json").write_text("{}")
+    test = paths.test_dir(random_run, config.test_datasets[0], False) / "metrics.json"
+    test.parent.mkdir(parents=True)
+    test.write_text(json.dumps({"accuracy": 99.987}))
+
+    rows = {r.run: r for r in experiment_status(config)}
+    trunk_row = rows["ei-t"]
+    assert (trunk_row.state, trunk_row.iteration, trunk_row.iterations) == ("partial", 250, 1000)
+    assert trunk_row.last_val == (200, 30.5) and trunk_row.best_val == (100, 31.0)
+    assert trunk_row.seconds_left == 750 * 2.0  # median of the last 100 iterations, not the slow first one
+    assert rows["random"].state == "finished" and rows["random"].iterations == 0
+    assert (rows["random"].tests_done, rows["random"].tests) == (1, 1)
+    parity = rows["parity"]
+    assert (parity.state, parity.start, parity.seconds_left) == ("not started", 400, None)
+
+    table = status_table(list(rows.values()))
+    # left: the trunk 750, the branch 1000 - 400 from its warm-up on; the finished initialisation 0
+    assert "1 of 3 runs finished; 1350 meta-iterations left" in table
+    assert "| ei-t | 5 | 0 | partial | 250/1000 | 30.50 @200 | 31.00 @100 | 0 | 0h25 | 0/1 |" in table
+
+
+def test_command_prints_the_table_without_test_numbers(tmp_path, capsys):
+    path, config = _config(tmp_path)
+    run = paths.run_dir(config, "random", 5, 0)
+    test = paths.test_dir(run, config.test_datasets[0], False) / "metrics.json"
+    test.parent.mkdir(parents=True)
+    test.write_text(json.dumps({"accuracy": 99.987, "ci95": 0.123}))
+    assert main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("experiment study; pool: ")
+    assert "| random | 5 | 0 | not started | - |" in out and "| 1/1 |" in out
+    assert "99.98" not in out and "0.123" not in out
