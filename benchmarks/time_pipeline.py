@@ -237,17 +237,26 @@ def comparison_markdown(rows: list[dict]) -> str:
     def pm(mean, ci):
         return "" if mean is None else f"{mean:.2f} ± {ci:.2f}"
 
+    # a row is named by the key parts that differ between rows; the parts all rows share are said once
+    parts = {r["key"]: r["key"].split(", ") for r in rows}
+    common = [part for part in next(iter(parts.values()), []) if all(part in p for p in parts.values())]
+
+    def name(key: str) -> str:
+        return ", ".join(part for part in parts[key] if part not in common) or key
+
     lines = ["| row | committed | new | difference | within larger ci95 |", "|---|---|---|---|---|"]
     for r in rows:
         if r["status"] == "both":
-            lines.append(f"| {r['key']} | {pm(r['committed_mean'], r['committed_ci95'])} | "
+            lines.append(f"| {name(r['key'])} | {pm(r['committed_mean'], r['committed_ci95'])} | "
                          f"{pm(r['new_mean'], r['new_ci95'])} | {r['difference']:+.2f} | "
                          f"{'yes' if r['within'] else '**no**'} |")
     both = [r for r in rows if r["status"] == "both"]
     lines.append("")
+    if common:
+        lines.append(f"Every row: {', '.join(common)}.")
     lines.append(f"{sum(r['within'] for r in both)} of {len(both)} rows within the larger ci95.")
     for status, what in (("missing", "in the committed table only"), ("extra", "in the new table only")):
-        names = [r["key"] for r in rows if r["status"] == status]
+        names = [name(r["key"]) for r in rows if r["status"] == status]
         lines.append(f"Rows {what}: " + ("; ".join(names) if names else "none") + ".")
     return "\n".join(lines)
 
@@ -351,7 +360,7 @@ def run_snakemake(command: list[str], clone: Path, env: dict[str, str], output: 
 
 
 def default_clone_dir(experiment: str) -> Path:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return REPO.parent / f"purer-timing-{experiment}-{stamp}"
 
 
