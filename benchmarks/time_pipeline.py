@@ -67,8 +67,8 @@ REPO = Path(__file__).resolve().parents[1]
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # as bench_meta_iteration.py
 RULE_FIELDS = [
     "experiment", "rule", "jobs", "job_seconds", "first_start", "last_end", "wall_span_s", "share_of_wall",
-    "total_wall_s", "cores", "cache", "cache_existed", "commit", "load_before", "load_after",
-    "cpu_model", "cpu_flags",
+    "total_wall_s", "cores", "cache", "cold_cache", "cache_existed", "commit", "load_before", "load_after",
+    "cpu_model", "cpu_flags", "cpus", "torch",
 ]  # fmt: skip
 TABLE_FIELDS = ["key", "status", "committed_mean", "committed_ci95", "new_mean", "new_ci95", "difference",
                 "within"]
@@ -359,9 +359,10 @@ def run_snakemake(command: list[str], clone: Path, env: dict[str, str], output: 
             return None
 
 
-def default_clone_dir(experiment: str) -> Path:
+def default_clone_dir(name: str) -> Path:
+    """``<repo>/../purer-timing-<name>-<UTC stamp>``: a sibling, so ``../shared`` is the repository's."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return REPO.parent / f"purer-timing-{experiment}-{stamp}"
+    return REPO.parent / f"purer-timing-{name}-{stamp}"
 
 
 def rules_markdown(rows: list[dict], total_s: float) -> str:
@@ -377,10 +378,64 @@ def rules_markdown(rows: list[dict], total_s: float) -> str:
     return "\n".join(lines)
 
 
+def machine_columns() -> dict[str, str]:
+    """The CPU model, its speed-relevant flags and torch's version, for every CSV row."""
+    import torch
+
+    flags = [flag for flag in SPEED_FLAGS if flag in cpu_flags()]
+    return {"cpu_model": cpu_model(), "cpu_flags": " ".join(flags) or "none of " + " ".join(SPEED_FLAGS),
+            "cpus": os.cpu_count(), "torch": torch.__version__}
+
+
+def rule_rows(rules: list[dict], total_s: float, shared: dict) -> list[dict]:
+    """The CSV rows: one per rule, then ``(total)`` (all jobs; the span is the command's wall time)."""
+    def stamp(value: dt.datetime | None) -> str:
+        return value.isoformat() if value is not None else ""
+
+    rows = [{**shared, "rule": r["rule"], "jobs": r["jobs"], "job_seconds": r["job_seconds"],
+             "first_start": stamp(r["first_start"]), "last_end": stamp(r["last_end"]),
+             "wall_span_s": r["wall_span_s"],
+             "share_of_wall": None if r["share_of_wall"] is None else round(r["share_of_wall"], 4)} for r in rules]
+    ends = [r["last_end"] for r in rules if r["last_end"] is not None]
+    rows.append({**shared, "rule": TOTAL, "jobs": sum(r["jobs"] for r in rules),
+                 "job_seconds": sum(r["job_seconds"] for r in rules),
+                 "first_start": stamp(rules[0]["first_start"]) if rules else "",
+                 "last_end": stamp(max(ends)) if ends else "", "wall_span_s": round(total_s, 1),
+                 "share_of_wall": 1.0})
+    return rows
+
+
+def compare_with_committed(main_csv: Path, clone: Path, out: Path) -> None:
+    """Print (and write to ``out``) the clone's ``main_csv`` against the same file in the repository's HEAD."""
+    try:
+        committed_text = git("show", f"HEAD:{main_csv.as_posix()}")
+    except TimingError:
+        print(f"\nno committed {main_csv} in HEAD: no table to compare")
+        return
+    if not (clone / main_csv).is_file():
+        print(f"\nthe run wrote no {main_csv}: no table to compare")
+        return
+    rows = compare_tables(read_table(committed_text), read_table(clone / main_csv))
+    print(f"\n{main_csv}: committed (HEAD) vs this run (mean ± ci95, accuracy %)\n")
+    print(comparison_markdown(rows))
+    write_csv(out, rows, TABLE_FIELDS)
+    print(f"\nCSV: {out}")
+
+
+def describe_start(commit: str, clone: Path, configfile: str, config_note: str, module: Path, cores: str,
+                   cache: Path, cache_existed: bool, cold: bool) -> None:
+    machine = machine_columns()
+    print(f"commit {commit[:10]}; clone {clone}; config {configfile} ({config_note}); purer from {module.parent}")
+    print(f"CPU: {machine['cpu_model']}; flags: {machine['cpu_flags']}; {machine['cpus']} CPUs; "
+          f"torch {machine['torch']}; --cores {cores}")
+    state = "warm: it held files before the run" if cache_existed else "cold: empty or absent before the run"
+    print(f"compile cache: {cache} ({state}{', --cold-cache' if cold else ''})", flush=True)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="the experiment's YAML (in or outside the repo)")
-    parser.add_argument("--cores", type=int, default=2, help="snakemake --cores (default 2)")
+    parser.add_argument("--cores", default="2", help="snakemake --cores: a number or `all` (default 2)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="clone here (must not exist; kept) instead of a sibling of the repository")
     parser.add_argument("--keep", action="store_true", help="keep the clone")
@@ -395,14 +450,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def measure(args: argparse.Namespace) -> int:
     if not args.config.is_file():
         raise TimingError(f"--config {args.config}: no such file")
-    if args.cores < 1:
-        raise TimingError(f"--cores {args.cores}: expected 1 or more")
+    if args.cores != "all" and not (args.cores.isdigit() and int(args.cores) >= 1):
+        raise TimingError(f"--cores {args.cores}: expected a number of 1 or more, or `all`")
     commit = git("rev-parse", "HEAD").strip()
     if git("status", "--porcelain", "--untracked-files=no").strip():
         print(f"note: the working tree has uncommitted changes; the clone runs HEAD ({commit[:10]}) without them",
               file=sys.stderr)
-    probe_experiment = args.config.stem
-    clone = (args.workdir or default_clone_dir(probe_experiment)).resolve()
+    clone = (args.workdir or default_clone_dir(args.config.stem)).resolve()
     if clone.exists():
         raise TimingError(f"{clone} exists: choose another --workdir or remove it")
     if (REPO.parent / "shared").exists() and not (clone.parent / "shared").exists():
@@ -418,14 +472,10 @@ def measure(args: argparse.Namespace) -> int:
         module = check_imports_clone(clone, env)
         cache = cold if cold is not None else compile_cache_dir(env)
         cache_existed = cache.is_dir() and any(cache.iterdir())
-        flags = [flag for flag in SPEED_FLAGS if flag in cpu_flags()]
-        print(f"commit {commit[:10]}; clone {clone}; config {configfile} ({config_note}); purer from {module.parent}")
-        print(f"CPU: {cpu_model()}; flags: {' '.join(flags) or 'none of ' + ' '.join(SPEED_FLAGS)}; "
-              f"{os.cpu_count()} CPUs; --cores {args.cores}")
-        print(f"compile cache: {cache} ({'warm: it held files before the run' if cache_existed else 'cold: empty or absent before the run'}"
-              f"{', --cold-cache' if cold is not None else ''})", flush=True)
+        describe_start(commit, clone, configfile, config_note, module, args.cores, cache, cache_existed,
+                       cold is not None)
 
-        command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", configfile]
+        command = [sys.executable, "-m", "snakemake", "--cores", args.cores, "--configfile", configfile]
         run_log = clone / ".time_pipeline" / "snakemake.out"
         run_log.parent.mkdir(parents=True, exist_ok=True)
         print(f"running {' '.join(['snakemake', *command[3:]])}; its output: {run_log}", flush=True)
@@ -445,46 +495,20 @@ def measure(args: argparse.Namespace) -> int:
         print(f"\n{experiment}: {total_s:.0f} s wall for `{' '.join(['snakemake', *command[3:]])}` "
               f"(load {load_before:.1f}/{load_after:.1f})\n")
         print(rules_markdown(rules, total_s))
-        shared = {"experiment": experiment, "total_wall_s": round(total_s, 1), "cores": args.cores, "cache": str(cache),
-                  "cache_existed": cache_existed, "commit": commit, "load_before": round(load_before, 2),
-                  "load_after": round(load_after, 2), "cpu_model": cpu_model(),
-                  "cpu_flags": " ".join(flags) or "none of " + " ".join(SPEED_FLAGS)}
-        csv_rows = [{**shared, "rule": r["rule"], "jobs": r["jobs"], "job_seconds": r["job_seconds"],
-                     "first_start": r["first_start"].isoformat(),
-                     "last_end": r["last_end"].isoformat() if r["last_end"] else "",
-                     "wall_span_s": r["wall_span_s"], "share_of_wall": None if r["share_of_wall"] is None
-                     else round(r["share_of_wall"], 4)} for r in rules]
-        csv_rows.append({**shared, "rule": TOTAL, "jobs": sum(r["jobs"] for r in rules),
-                         "job_seconds": sum(r["job_seconds"] for r in rules),
-                         "first_start": rules[0]["first_start"].isoformat() if rules else "",
-                         "last_end": max((r["last_end"] for r in rules if r["last_end"]), default=None),
-                         "wall_span_s": round(total_s, 1), "share_of_wall": 1.0})
-        if csv_rows[-1]["last_end"] is not None:
-            csv_rows[-1]["last_end"] = csv_rows[-1]["last_end"].isoformat()
+        shared = {"experiment": experiment, "total_wall_s": round(total_s, 1), "cores": args.cores,
+                  "cache": str(cache), "cold_cache": cold is not None, "cache_existed": cache_existed,
+                  "commit": commit, "load_before": round(load_before, 2), "load_after": round(load_after, 2),
+                  **machine_columns()}
         out = args.out or REPO / "benchmarks" / "results" / f"pipeline_{experiment}_{device}.csv"
-        write_csv(out, csv_rows, RULE_FIELDS)
+        write_csv(out, rule_rows(rules, total_s, shared), RULE_FIELDS)
         print(f"\nCSV: {out}")
-
-        try:
-            committed_text = git("show", f"HEAD:{main_csv.as_posix()}")
-        except TimingError:
-            committed_text = None
-        new_file = clone / main_csv
-        if committed_text is None:
-            print(f"\nno committed {main_csv} in HEAD: no table to compare")
-        elif not new_file.is_file():
-            print(f"\nthe run wrote no {main_csv}: no table to compare")
-        else:
-            rows = compare_tables(read_table(committed_text), read_table(new_file))
-            print(f"\n{main_csv}: committed (HEAD) vs this run (mean ± ci95, accuracy %)\n")
-            print(comparison_markdown(rows))
-            table_out = out.with_name(out.stem + "_tables.csv")
-            write_csv(table_out, rows, TABLE_FIELDS)
-            print(f"\nCSV: {table_out}")
+        compare_with_committed(main_csv, clone, out.with_name(out.stem + "_tables.csv"))
         return 0 if returncode == 0 else 1
     finally:
         if cold is not None and not args.keep:
             shutil.rmtree(cold, ignore_errors=True)
+        elif cold is not None:
+            print(f"compile cache kept: {cold}", file=sys.stderr)
         if keep:
             if clone.exists():
                 print(f"clone kept: {clone}", file=sys.stderr)

@@ -114,6 +114,13 @@ def test_the_log_gives_each_job_its_rule_start_and_end():
     assert [j.seconds for j in jobs] == [11.0, 10.0, 10.0]
 
 
+def test_a_single_digit_day_is_read():
+    """Snakemake writes dates as ``time.ctime`` does: a day below 10 is padded with a space."""
+    log = "[Tue Dec  1 09:00:05 2026]\nlocalrule report:\n    jobid: 1\n[Tue Dec  1 09:00:12 2026]\nFinished jobid: 1\n"
+    (job,) = time_pipeline.parse_snakemake_log(log)
+    assert (job.rule, job.start, job.seconds) == ("report", dt.datetime(2026, 12, 1, 9, 0, 5), 7.0)
+
+
 def test_per_rule_times_of_overlapping_jobs():
     rules = time_pipeline.rule_summary(time_pipeline.parse_snakemake_log(LOG), total_s=20.0)
     # meta_train: jobs of 10 s and 11 s side by side from 18:51:16, the last ending 18:51:27;
@@ -193,4 +200,6 @@ def test_a_micro_run_from_a_fresh_clone(tmp_path):
         "prepare_glyphs": 1, "pool_train": 2, "pool_manifest": 1, "meta_train": 1, "meta_test": 1, "report": 1,
         "all": 1, "(total)": 8,
     }
+    assert rows["(total)"]["wall_span_s"] == rows["(total)"]["total_wall_s"]
+    assert {row["cold_cache"] for row in rows.values()} == {"False"}
     assert "no committed results/micro/report/tables/main.csv in HEAD" in result.stdout
