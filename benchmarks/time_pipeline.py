@@ -32,7 +32,8 @@ What it does, in order:
    the repository's HEAD: per row (keyed by dataset, method, variant, ICFIL, n-way, n-shot, ...), the committed
    mean +- ci95, the new one, the difference, and whether the difference lies within the *larger* of the two
    95% CIs (neither run is privileged: a difference inside either run's own interval is not a detectable
-   change). Rows only in one table are listed.
+   change). Rows only in one table are listed. The clone starts with the committed copy, so a table the
+   run did not rewrite (a failed run) is not compared.
 5. **Clean up.** The clone (and a ``--cold-cache`` folder) is removed at the end, also on failure, unless
    ``--keep`` is given or the clone went into a ``--workdir``.
 
@@ -405,15 +406,27 @@ def rule_rows(rules: list[dict], total_s: float, shared: dict) -> list[dict]:
     return rows
 
 
-def compare_with_committed(main_csv: Path, clone: Path, out: Path) -> None:
-    """Print (and write to ``out``) the clone's ``main_csv`` against the same file in the repository's HEAD."""
+def stamp_of(path: Path) -> tuple[int, int] | None:
+    """``path``'s inode and modification time in ns (None: absent); a rewrite (atomic: a new file) changes it."""
+    with contextlib.suppress(FileNotFoundError):
+        stat = path.stat()
+        return stat.st_ino, stat.st_mtime_ns
+    return None
+
+
+def compare_with_committed(main_csv: Path, clone: Path, out: Path, before: tuple[int, int] | None) -> None:
+    """Print (and write to ``out``) the clone's ``main_csv`` against the same file in the repository's HEAD.
+
+    ``before`` is the clone's file's :func:`stamp_of` before the run: a clone holds the committed copy, so a
+    file the run did not rewrite is not compared (it would equal itself)."""
     try:
         committed_text = git("show", f"HEAD:{main_csv.as_posix()}")
     except TimingError:
         print(f"\nno committed {main_csv} in HEAD: no table to compare")
         return
-    if not (clone / main_csv).is_file():
-        print(f"\nthe run wrote no {main_csv}: no table to compare")
+    after = stamp_of(clone / main_csv)
+    if after is None or after == before:
+        print(f"\nthe run did not write {main_csv} (what is there is the committed copy): no table to compare")
         return
     rows = compare_tables(read_table(committed_text), read_table(clone / main_csv))
     print(f"\n{main_csv}: committed (HEAD) vs this run (mean ± ci95, accuracy %)\n")
@@ -479,6 +492,7 @@ def measure(args: argparse.Namespace) -> int:
         run_log = clone / ".time_pipeline" / "snakemake.out"
         run_log.parent.mkdir(parents=True, exist_ok=True)
         print(f"running {' '.join(['snakemake', *command[3:]])}; its output: {run_log}", flush=True)
+        table_before = stamp_of(clone / main_csv)
         load_before = os.getloadavg()[0]
         started = time.monotonic()
         returncode = run_snakemake(command, clone, env, run_log, args.timeout)
@@ -502,7 +516,7 @@ def measure(args: argparse.Namespace) -> int:
         out = args.out or REPO / "benchmarks" / "results" / f"pipeline_{experiment}_{device}.csv"
         write_csv(out, rule_rows(rules, total_s, shared), RULE_FIELDS)
         print(f"\nCSV: {out}")
-        compare_with_committed(main_csv, clone, out.with_name(out.stem + "_tables.csv"))
+        compare_with_committed(main_csv, clone, out.with_name(out.stem + "_tables.csv"), table_before)
         return 0 if returncode == 0 else 1
     finally:
         if cold is not None and not args.keep:

@@ -203,3 +203,31 @@ def test_a_micro_run_from_a_fresh_clone(tmp_path):
     assert rows["(total)"]["wall_span_s"] == rows["(total)"]["total_wall_s"]
     assert {row["cold_cache"] for row in rows.values()} == {"False"}
     assert "no committed results/micro/report/tables/main.csv in HEAD" in result.stdout
+
+
+def test_only_a_table_the_run_rewrote_is_compared(tmp_path, capsys):
+    """A clone holds the committed table: compared with itself it would always agree, so a file the run did not
+    rewrite is not compared. Here the committed report of the default experiment stands in for a clone's."""
+    main_csv = Path("results/default/report/tables/main.csv")
+    committed = (REPO / main_csv).read_text()  # tracked: the same text as HEAD's in a clean checkout
+    table = tmp_path / main_csv
+    table.parent.mkdir(parents=True)
+    table.write_text(committed)
+    before = time_pipeline.stamp_of(table)
+    out = tmp_path / "tables.csv"
+    time_pipeline.compare_with_committed(main_csv, tmp_path, out, before)
+    assert "the run did not write results/default/report/tables/main.csv" in capsys.readouterr().out
+    assert not out.exists()
+
+    first = committed.splitlines()[1].split(",")
+    mean_at = committed.splitlines()[0].split(",").index("mean")
+    first[mean_at] = str(float(first[mean_at]) + 50)  # far outside any ci95
+    rewritten = tmp_path / "new.csv"
+    rewritten.write_text("\n".join([committed.splitlines()[0], ",".join(first), *committed.splitlines()[2:]]) + "\n")
+    rewritten.replace(table)  # as the report writes: a new file
+    time_pipeline.compare_with_committed(main_csv, tmp_path, out, before)
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(committed.splitlines()) - 1 and {r["status"] for r in rows} == {"both"}
+    assert [r["within"] for r in rows].count("False") == 1 and float(rows[0]["difference"]) == pytest.approx(50)
+    assert f"{len(rows) - 1} of {len(rows)} rows within the larger ci95." in text
