@@ -231,3 +231,18 @@ def test_only_a_table_the_run_rewrote_is_compared(tmp_path, capsys):
     assert len(rows) == len(committed.splitlines()) - 1 and {r["status"] for r in rows} == {"both"}
     assert [r["within"] for r in rows].count("False") == 1 and float(rows[0]["difference"]) == pytest.approx(50)
     assert f"{len(rows) - 1} of {len(rows)} rows within the larger ci95." in text
+
+
+def test_a_committed_config_is_used_in_place_and_any_other_is_copied(tmp_path):
+    clone = tmp_path / "clone"
+    committed = REPO / "config" / "experiments" / "bench.yaml"
+    (clone / "config" / "experiments").mkdir(parents=True)
+    (clone / "config" / "experiments" / "bench.yaml").write_bytes(committed.read_bytes())
+    assert time_pipeline.config_in_clone(committed, clone) == ("config/experiments/bench.yaml", "committed")
+    (clone / "config" / "experiments" / "bench.yaml").write_text("experiment: changed\n")  # HEAD's differs
+    assert time_pipeline.config_in_clone(committed, clone) == (".time_pipeline/bench.yaml",
+                                                              "differs from HEAD's: copied")
+    assert (clone / ".time_pipeline" / "bench.yaml").read_bytes() == committed.read_bytes()
+    outside = write_yaml(tmp_path / "mine.yaml", {"experiment": "mine"})
+    assert time_pipeline.config_in_clone(outside, clone) == (".time_pipeline/mine.yaml",
+                                                            "outside the repository: copied")
