@@ -299,7 +299,8 @@ def check_imports_clone(clone: Path, env: dict[str, str]) -> Path:
     result = subprocess.run([interpreter, "-c", "import purer; print(purer.__file__)"], cwd=clone, env=env,
                             capture_output=True, text=True)
     if result.returncode != 0:
-        raise TimingError(f"`purer` does not import in the clone: {result.stderr.strip().splitlines()[-1:]}")
+        last = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        raise TimingError(f"`purer` does not import in the clone: {last}")
     module = Path(result.stdout.strip()).resolve()
     if clone.resolve() not in module.parents:
         raise TimingError(f"the jobs would import purer from {module}, not from the clone {clone}")
