@@ -2,7 +2,8 @@
 
 For every meta-training run of the grid (:func:`purer.grid.grid_runs`): its state (``finished``: a
 ``summary.json``; ``partial``: training logs but no summary, i.e. running or stopped, resumable;
-``not started``), the meta-iteration reached of the run's length, the latest and the best
+``stale``: logs of another ``meta_train`` configuration, per the folder's ``config.resolved.yaml``,
+which the run starts over; ``not started``), the meta-iteration reached of the run's length, the latest and the best
 validation accuracy so far, the reversed steps taken, a time-left estimate from the median seconds
 of the last 100 logged meta-iterations, and how many of its meta-tests exist. The meta-tests'
 numbers are not read: a study can be watched without seeing its test results before the runs end.
@@ -17,8 +18,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from purer import arms, paths
-from purer.config import ExperimentConfig, effective_warmup
+from purer.config import ExperimentConfig, effective_warmup, to_dict
 from purer.grid import grid_runs
 from purer.variants import grid_variants
 
@@ -32,7 +35,7 @@ class RunStatus:
     run: str
     n_shot: int
     seed: int
-    state: str  # finished / partial / not started
+    state: str  # finished / partial / stale / not started
     iteration: int  # meta-iterations logged (the last curve.jsonl line)
     iterations: int  # the run's length (its arm's meta_train.iterations; 0 for an initialisation)
     start: int  # where its own training starts: the warm-up for an arm branched from a trunk, else 0
@@ -59,6 +62,22 @@ def read_lines(path: Path) -> list[dict]:
     return rows
 
 
+NEUTRAL_KEYS = ("checkpoint_interval", "grid_snapshots", "snapshots")  # as purer/meta/checkpoint.py (torch-free here)
+
+
+def written_for_another_config(run: Path, meta_train: dict) -> bool:
+    """Whether the run folder's ``config.resolved.yaml`` has another ``meta_train`` (neutral keys aside)."""
+    try:
+        written = yaml.safe_load((run / "config.resolved.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(written, dict) or not isinstance(written.get("meta_train"), dict):
+        return False
+    def strip(section: dict) -> dict:
+        return {k: v for k, v in section.items() if k not in NEUTRAL_KEYS}
+    return strip(written["meta_train"]) != strip(meta_train)
+
+
 def run_status(config: ExperimentConfig, name: str, n_shot: int, seed: int) -> RunStatus:
     """The progress of run ``name`` (a method or an arm) at ``n_shot`` and ``seed``."""
     resolved = arms.resolve(config, name)
@@ -73,10 +92,12 @@ def run_status(config: ExperimentConfig, name: str, n_shot: int, seed: int) -> R
     iteration = int(curve[-1].get("iteration", len(curve))) if curve else 0
     if (run / "summary.json").is_file():
         state = "finished"
-    elif curve or val or (run / "checkpoint.pt").is_file():
-        state = "partial"
-    else:
+    elif not (curve or val or (run / "checkpoint.pt").is_file()):
         state = "not started"
+    elif trained and written_for_another_config(run, to_dict(mt)):
+        state, iteration, curve, val = "stale", 0, [], []
+    else:
+        state = "partial"
     recent = [float(r["seconds"]) for r in curve[-RECENT:] if isinstance(r.get("seconds"), (int, float))]
     seconds_left = None
     if state == "partial" and recent:

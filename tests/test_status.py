@@ -8,7 +8,7 @@ import yaml
 
 from purer import paths
 from purer.cli.main import main
-from purer.config import load_config
+from purer.config import load_config, to_dict
 from purer.status import experiment_status, status_table
 
 GRID = {
@@ -75,3 +75,20 @@ def test_command_prints_the_table_without_test_numbers(tmp_path, capsys):
     assert out.startswith("experiment study; pool: ")
     assert "| random | 5 | 0 | not started | - |" in out and "| 1/1 |" in out
     assert "99.98" not in out and "0.123" not in out
+
+
+def test_logs_of_another_configuration_are_stale(tmp_path):
+    """A folder left by a run of another length restarts from scratch: its logs are not progress."""
+    path, config = _config(tmp_path)
+    trunk = paths.run_dir(config, "ei-t", 5, 0)
+    _log(trunk / "curve.jsonl", [{"iteration": i, "seconds": 2.0} for i in range(1, 301)])
+    _log(trunk / "val.jsonl", [{"iteration": 100, "accuracy": 31.0}])
+    written = {"meta_train": to_dict(config.meta_train) | {"iterations": 2000, "checkpoint_interval": 7}}
+    (trunk / "config.resolved.yaml").write_text(yaml.safe_dump(written))
+    row = {r.run: r for r in experiment_status(config)}["ei-t"]
+    assert (row.state, row.iteration, row.last_val, row.seconds_left) == ("stale", 0, None, None)
+    # the same meta_train but a neutral key (checkpoint_interval) is the same run, resumable
+    written["meta_train"]["iterations"] = config.meta_train.iterations
+    (trunk / "config.resolved.yaml").write_text(yaml.safe_dump(written))
+    row = {r.run: r for r in experiment_status(config)}["ei-t"]
+    assert (row.state, row.iteration, row.last_val) == ("partial", 300, (100, 31.0))
