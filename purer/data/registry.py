@@ -175,21 +175,23 @@ def _walk_files(root: Path) -> list[tuple[str, os.stat_result]]:
     return sorted(found, key=lambda item: item[0])
 
 
-def workflow_source(config: ExperimentConfig, name: str) -> dict[str, Any] | None:
-    """The source signature that Snakemake's ``prepare_<name>`` reruns on (a ``params`` entry).
-
-    :func:`source_signature`, except when the data is gone from the path the cache was built from
-    (e.g. a cache fetched with ``dvc pull`` without the raw data): then the recorded signature, so a
-    cache kept without its source is not rebuilt (as :func:`cache_is_current` keeps it).
-    """
-    source = source_signature(dataset_config(config, name))
+def current_source(dataset: DatasetConfig, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The source to compare a cache's record with: :func:`source_signature`, except when the data
+    is gone from the path the cache was built from (e.g. a cache fetched with ``dvc pull`` without
+    the raw data): then the record's own signature, so such a cache is kept, not rebuilt."""
+    source = source_signature(dataset)
     if source is None or source["signature"] is not None:
         return source
-    record = read_record(config, name)
     recorded = record.get("data") if record is not None else None
     if isinstance(recorded, dict) and recorded.get("path") == source["path"]:
         return recorded
     return source
+
+
+def workflow_source(config: ExperimentConfig, name: str) -> dict[str, Any] | None:
+    """The source signature that Snakemake's ``prepare_<name>`` reruns on (a ``params`` entry):
+    :func:`current_source`, as :func:`cache_is_current` compares it."""
+    return current_source(dataset_config(config, name), read_record(config, name))
 
 
 def cache_is_current(config: ExperimentConfig, name: str) -> bool:
@@ -208,10 +210,7 @@ def cache_is_current(config: ExperimentConfig, name: str) -> bool:
     dataset = config.datasets[name]
     if record.get("config") != fingerprint(dataset):
         return False
-    source, recorded = source_signature(dataset), record.get("data")
-    if source is not None and source["signature"] is None and isinstance(recorded, dict):
-        return recorded.get("path") == source["path"]
-    return recorded == source
+    return record.get("data") == current_source(dataset, record)
 
 
 def check_splits(splits: dict[str, SplitData], dataset: DatasetConfig, source: str) -> None:
