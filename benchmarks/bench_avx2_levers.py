@@ -35,9 +35,9 @@ import time
 from functools import partial
 from pathlib import Path
 
-from results_csv import write_csv
+from results_csv import speed_flags, write_csv
 
-from purer.runtime import cpu_flags, cpu_model
+from purer.runtime import cpu_model
 
 FIELDS = ["section", "variant", "threads", "median_ms", "min_ms", "max_abs_diff", "note"]
 SECTIONS = ("grouped_conv", "first_layer", "channel_stats", "meta_formats", "profile")
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += globals()[section](args)
         write_csv(out, rows, FIELDS)  # after every section
         print(f"done {section}", file=sys.stderr, flush=True)
-    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags())
+    flags = speed_flags()
     print(f"CPU: {cpu_model()}; flags: {flags}; torch {torch.__version__}; {args.threads} threads; "
           f"{args.repeats} interleaved repeats")
     print("\n| section | variant | median ms | min ms | max abs diff | note |\n|---|---|---|---|---|---|")

@@ -53,9 +53,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from results_csv import write_csv
+from results_csv import speed_flags, write_csv
 
-from purer.runtime import cpu_flags, cpu_model, describe_machine
+from purer.runtime import cpu_model, describe_machine
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,6 @@ FIELDS = [
     "useful_gflop", "achieved_gflops", "peak_mem_mb", "first_iter_s", "load_before", "load_after",
     "cpu_model", "cpu_flags", "precision", "channels_last", "compile",
 ]  # fmt: skip
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what decides bf16 and kernel speed
 N_WAY, N_SHOT, N_QUERY, SPC, META_BATCH = 5, 1, 15, 16, 4
 
 
@@ -200,8 +199,7 @@ def auto_best(device: str) -> Variant:
 
 def machine_columns(variant: Variant) -> dict[str, object]:
     """The CPU model, its speed-relevant flags and the variant's settings, for every CSV row."""
-    flags = [flag for flag in SPEED_FLAGS if flag in cpu_flags()]
-    return {"cpu_model": cpu_model(), "cpu_flags": " ".join(flags) or "none of " + " ".join(SPEED_FLAGS),
+    return {"cpu_model": cpu_model(), "cpu_flags": speed_flags(),
             "precision": variant.precision, "channels_last": variant.channels_last, "compile": variant.compile}
 
 

@@ -60,12 +60,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from results_csv import write_csv
+from results_csv import speed_flags, write_csv
 
-from purer.runtime import compile_cache_dir, cpu_flags, cpu_model
+from purer.runtime import compile_cache_dir, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # as bench_meta_iteration.py
 RULE_FIELDS = [
     "experiment", "rule", "jobs", "job_seconds", "first_start", "last_end", "wall_span_s", "share_of_wall",
     "total_wall_s", "cores", "cache", "cold_cache", "cache_existed", "commit", "load_before", "load_after",
@@ -384,8 +383,7 @@ def machine_columns() -> dict[str, str]:
     """The CPU model, its speed-relevant flags and torch's version, for every CSV row."""
     import torch
 
-    flags = [flag for flag in SPEED_FLAGS if flag in cpu_flags()]
-    return {"cpu_model": cpu_model(), "cpu_flags": " ".join(flags) or "none of " + " ".join(SPEED_FLAGS),
+    return {"cpu_model": cpu_model(), "cpu_flags": speed_flags(),
             "cpus": os.cpu_count(), "torch": torch.__version__}
 
 
