@@ -5,7 +5,9 @@ For every meta-training run of the grid (:func:`purer.grid.grid_runs`): its stat
 ``stale``: logs of another ``meta_train`` configuration, per the folder's ``config.resolved.yaml``,
 which the run starts over; ``not started``), the meta-iteration reached of the run's length, the latest and the best
 validation accuracy so far, the reversed steps taken, a time-left estimate from the median seconds
-of the last 100 logged meta-iterations, and how many of its meta-tests exist. The meta-tests'
+of the last 100 logged meta-iterations, how long ago its logs or checkpoint were last written (a
+run that is going writes ``curve.jsonl`` every meta-iteration; a stopped one falls silent), and how
+many of its meta-tests exist. The meta-tests'
 numbers are not read: a study can be watched without seeing its test results before the runs end.
 
 Pure Python and JSON (no torch, no pandas): it is cheap to run at any time.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +46,7 @@ class RunStatus:
     best_val: tuple[int, float] | None  # (iteration, accuracy) of the best validation so far
     switches: int  # meta-iterations with a reversed step
     seconds_left: float | None  # (iterations - iteration) * median recent seconds per meta-iteration
+    seconds_since_write: float | None  # now - the newest modification time of its logs and checkpoint
     tests_done: int
     tests: int
 
@@ -78,8 +82,18 @@ def written_for_another_config(run: Path, meta_train: dict) -> bool:
     return strip(written["meta_train"]) != strip(meta_train)
 
 
-def run_status(config: ExperimentConfig, name: str, n_shot: int, seed: int) -> RunStatus:
-    """The progress of run ``name`` (a method or an arm) at ``n_shot`` and ``seed``."""
+TRAINING_FILES = ("curve.jsonl", "val.jsonl", "checkpoint.pt")
+
+
+def seconds_since_write(run: Path, now: float) -> float | None:
+    """Seconds since the newest of the run folder's training files was written; None if it has none."""
+    times = [(run / name).stat().st_mtime for name in TRAINING_FILES if (run / name).is_file()]
+    return max(now - max(times), 0.0) if times else None
+
+
+def run_status(config: ExperimentConfig, name: str, n_shot: int, seed: int, now: float | None = None) -> RunStatus:
+    """The progress of run ``name`` (a method or an arm) at ``n_shot`` and ``seed``; ``now``: a Unix
+    time for the last-write age (default: the current time)."""
     resolved = arms.resolve(config, name)
     run = paths.run_dir(config, name, n_shot, seed)
     trained = resolved.method in ("purer", "ei")
@@ -108,13 +122,16 @@ def run_status(config: ExperimentConfig, name: str, n_shot: int, seed: int) -> R
         run=name, n_shot=n_shot, seed=seed, state=state, iteration=iteration, iterations=length, start=start,
         last_val=val[-1] if val else None, best_val=max(val, key=lambda v: (v[1], -v[0])) if val else None,
         switches=sum(1 for r in curve if r.get("switch")), seconds_left=seconds_left,
+        seconds_since_write=(seconds_since_write(run, time.time() if now is None else now)
+                             if state == "partial" else None),
         tests_done=sum(1 for t in tests if t.is_file()), tests=len(tests),
     )
 
 
-def experiment_status(config: ExperimentConfig) -> list[RunStatus]:
+def experiment_status(config: ExperimentConfig, now: float | None = None) -> list[RunStatus]:
     """:func:`run_status` of every run of the grid, in the grid's order."""
-    return [run_status(config, name, n_shot, seed) for name, n_shot, seed in grid_runs(config)]
+    now = time.time() if now is None else now
+    return [run_status(config, name, n_shot, seed, now) for name, n_shot, seed in grid_runs(config)]
 
 
 def teachers_done(config: ExperimentConfig, n_teachers: int) -> int:
@@ -133,14 +150,25 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}"
 
 
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{int(seconds)} s ago"
+    if seconds < 2 * 3600:
+        return f"{int(seconds // 60)} min ago"
+    return f"{_duration(seconds)} ago"
+
+
 def status_table(rows: list[RunStatus]) -> str:
     """A Markdown table of :func:`experiment_status`, one line per run, with a total line."""
-    lines = ["| run | shot | seed | state | meta-iteration | last val | best val | reversed steps | time left | meta-tests |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | shot | seed | state | meta-iteration | last val | best val | reversed steps | time left | "
+             "last write | meta-tests |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         progress = f"{r.iteration}/{r.iterations}" if r.iterations else "-"
         lines.append(f"| {r.run} | {r.n_shot} | {r.seed} | {r.state} | {progress} | {_accuracy(r.last_val)} | "
-                     f"{_accuracy(r.best_val)} | {r.switches} | {_duration(r.seconds_left)} | {r.tests_done}/{r.tests} |")
+                     f"{_accuracy(r.best_val)} | {r.switches} | {_duration(r.seconds_left)} | {_ago(r.seconds_since_write)} | {r.tests_done}/{r.tests} |")
     finished = sum(r.state == "finished" for r in rows)
     left = sum(r.iterations - max(r.iteration, r.start) for r in rows if r.state != "finished")
     lines.append(f"\n{finished} of {len(rows)} runs finished; {left} meta-iterations left in the others "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import yaml
 
@@ -48,7 +49,13 @@ def test_states_progress_validation_and_time_left(tmp_path):
     test.parent.mkdir(parents=True)
     test.write_text(json.dumps({"accuracy": 99.987}))
 
-    rows = {r.run: r for r in experiment_status(config)}
+    # the checkpoint was written last, 90 s before `now`; the logs earlier
+    (trunk / "checkpoint.pt").write_bytes(b"")
+    now = 1_800_000_000.0
+    for name, written in (("curve.jsonl", now - 400), ("val.jsonl", now - 900), ("checkpoint.pt", now - 90)):
+        os.utime(trunk / name, (written, written))
+
+    rows = {r.run: r for r in experiment_status(config, now=now)}
     trunk_row = rows["ei-t"]
     assert (trunk_row.state, trunk_row.iteration, trunk_row.iterations) == ("partial", 250, 1000)
     assert trunk_row.last_val == (200, 30.5) and trunk_row.best_val == (100, 31.0)
@@ -57,11 +64,13 @@ def test_states_progress_validation_and_time_left(tmp_path):
     assert (rows["random"].tests_done, rows["random"].tests) == (1, 1)
     parity = rows["parity"]
     assert (parity.state, parity.start, parity.seconds_left) == ("not started", 400, None)
+    assert trunk_row.seconds_since_write == 90.0
+    assert rows["random"].seconds_since_write is None and parity.seconds_since_write is None  # not partial
 
     table = status_table(list(rows.values()))
     # left: the trunk 750, the branch 1000 - 400 from its warm-up on; the finished initialisation 0
     assert "1 of 3 runs finished; 1350 meta-iterations left" in table
-    assert "| ei-t | 5 | 0 | partial | 250/1000 | 30.50 @200 | 31.00 @100 | 0 | 0h25 | 0/1 |" in table
+    assert "| ei-t | 5 | 0 | partial | 250/1000 | 30.50 @200 | 31.00 @100 | 0 | 0h25 | 90 s ago | 0/1 |" in table
 
 
 def test_command_prints_the_table_without_test_numbers(tmp_path, capsys):
@@ -92,3 +101,16 @@ def test_logs_of_another_configuration_are_stale(tmp_path):
     (trunk / "config.resolved.yaml").write_text(yaml.safe_dump(written))
     row = {r.run: r for r in experiment_status(config)}["ei-t"]
     assert (row.state, row.iteration, row.last_val) == ("partial", 300, (100, 31.0))
+
+
+def test_last_write_ages_read_in_seconds_minutes_then_hours(tmp_path):
+    _, config = _config(tmp_path)
+    trunk = paths.run_dir(config, "ei-t", 5, 0)
+    _log(trunk / "curve.jsonl", [{"iteration": 1, "seconds": 2.0}])
+    now = 1_800_000_000.0
+    shown = {}
+    for age in (5, 119, 120, 7199, 7200 + 3 * 60):
+        os.utime(trunk / "curve.jsonl", (now - age, now - age))
+        row = {r.run: r for r in experiment_status(config, now=now)}["ei-t"]
+        shown[age] = status_table([row]).splitlines()[2].split(" | ")[-2]
+    assert shown == {5: "5 s ago", 119: "119 s ago", 120: "2 min ago", 7199: "119 min ago", 7200 + 180: "2h03 ago"}

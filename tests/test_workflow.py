@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -296,5 +297,23 @@ def test_quick_start_is_two_lines_that_ci_runs():
     assert ci[-1] == "make test" and "set -euo pipefail" in ci
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     assert 'pip install -c constraints.txt -e ".[pipeline,dev]"' in makefile
-    assert re.search(r"^run: .*\n\t.*snakemake --cores all", makefile, re.M)
+    assert re.search(r"^run: .*\n\t.*snakemake \$\(TARGETS\) --cores all --rerun-incomplete", makefile, re.M)
     assert re.search(r"^test: .*\n\t.*pytest$", makefile, re.M)
+
+
+def _make_commands(*arguments: str) -> list[list[str]]:
+    """The Snakemake command lines ``make -n`` would run (nothing is run), split into words."""
+    printed = subprocess.run(["make", "-n", *arguments], cwd=REPO, capture_output=True, text=True, check=True)
+    return [line.split() for line in printed.stdout.splitlines() if "bin/snakemake" in line]
+
+
+def test_make_run_passes_targets_before_the_config_file_and_resumes_incomplete_jobs():
+    (command,) = _make_commands("run", "TARGETS=out/a.json out/b.json", "CONFIG=config/experiments/bench.yaml",
+                                "SNAKEMAKE_ARGS=--profile slurm")
+    words = command[command.index(next(w for w in command if w.endswith("bin/snakemake"))) + 1:]
+    # Snakemake reads every word after --configfile as a config file: targets must come first
+    assert words[:2] == ["out/a.json", "out/b.json"]
+    assert words[-2:] == ["--configfile", "config/experiments/bench.yaml"]
+    assert "--rerun-incomplete" in words and words[words.index("--profile") + 1] == "slurm"
+    (dry,) = _make_commands("dry-run")
+    assert dry[-3:] == ["-n", "--configfile", "config/config.yaml"]

@@ -1,5 +1,5 @@
 """Where the experiment stands: every run of the grid with its state, meta-iteration, validation so
-far, reversed steps, time left and meta-tests done (purer/status.py).
+far, reversed steps, time left, last write and meta-tests done (purer/status.py).
 
 Reads only the run folders' logs (``curve.jsonl``, ``val.jsonl``) and which files exist: no test
 number is shown, so a long study can be watched while it runs. Prints a Markdown table.
