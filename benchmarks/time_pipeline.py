@@ -2,6 +2,7 @@
 
     python benchmarks/time_pipeline.py --config config/experiments/bench.yaml --cores 2
     python benchmarks/time_pipeline.py --config config/experiments/bench.yaml --cold-cache --keep
+    python benchmarks/time_pipeline.py --config config/experiments/bench.yaml --analyse ../purer-timing-bench-<stamp>
 
 What it does, in order:
 
@@ -36,6 +37,12 @@ What it does, in order:
    run did not rewrite (a failed run) is not compared.
 5. **Clean up.** The clone (and a ``--cold-cache`` folder) is removed at the end, also on failure, unless
    ``--keep`` is given or the clone went into a ``--workdir``.
+
+``--analyse CLONE`` runs nothing: it makes the tables of steps 3 and 4 for a run already made in ``CLONE``
+(a kept clone; a run whose measuring process was stopped while Snakemake went on, e.g. to outlive a
+``--timeout``; a run finished by hand). The total is then the span of Snakemake's log, from the first
+job's start to its last event; the report table is compared only if the log shows the ``report`` job
+finished (the clone starts with the committed copy).
 
 Prints Markdown tables and writes ``benchmarks/results/pipeline_<experiment>_<device>.csv`` (one row per
 rule and a ``(total)`` row) and, when there is a committed table, ``..._tables.csv`` beside it.
@@ -456,6 +463,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="CSV path (default benchmarks/results/pipeline_<experiment>_<device>.csv)")
     parser.add_argument("--timeout", type=float, default=None, help="stop the run after this many seconds")
+    parser.add_argument("--analyse", type=Path, default=None, metavar="CLONE",
+                        help="run nothing: the tables of the run already made in CLONE (e.g. a kept clone)")
     return parser.parse_args(argv)
 
 
@@ -504,18 +513,13 @@ def measure(args: argparse.Namespace) -> int:
                   f"{total_s:.0f} s; the times below cover what ran", file=sys.stderr)
 
         jobs = parse_snakemake_log(latest_log(clone).read_text(encoding="utf-8", errors="replace"))
-        rules = rule_summary(jobs, total_s)
-        print(f"\n{experiment}: {total_s:.0f} s wall for `{' '.join(['snakemake', *command[3:]])}` "
-              f"(load {load_before:.1f}/{load_after:.1f})\n")
-        print(rules_markdown(rules, total_s))
         shared = {"experiment": experiment, "total_wall_s": round(total_s, 1), "cores": args.cores,
                   "cache": str(cache), "cold_cache": cold is not None, "cache_existed": cache_existed,
                   "commit": commit, "load_before": round(load_before, 2), "load_after": round(load_after, 2),
                   **machine_columns()}
-        out = args.out or REPO / "benchmarks" / "results" / f"pipeline_{experiment}_{device}.csv"
-        write_csv(out, rule_rows(rules, total_s, shared), RULE_FIELDS)
-        print(f"\nCSV: {out}")
-        compare_with_committed(main_csv, clone, out.with_name(out.stem + "_tables.csv"), table_before)
+        heading = (f"{experiment}: {total_s:.0f} s wall for `{' '.join(['snakemake', *command[3:]])}` "
+                   f"(load {load_before:.1f}/{load_after:.1f})")
+        report_run(jobs, total_s, shared, heading, args.out, device, main_csv, clone, table_before)
         return 0 if returncode == 0 else 1
     finally:
         if cold is not None and not args.keep:
@@ -529,10 +533,56 @@ def measure(args: argparse.Namespace) -> int:
             shutil.rmtree(clone, ignore_errors=True)
 
 
+def report_run(jobs: list[JobTiming], total_s: float, shared: dict, heading: str, out: Path | None, device: str,
+               main_csv: Path, clone: Path, table_before: tuple[int, int] | None) -> None:
+    """Print the per-rule table, write its CSV and compare the clone's report table with the committed one."""
+    print(f"\n{heading}\n")
+    print(rules_markdown(rule_summary(jobs, total_s), total_s))
+    out = out or REPO / "benchmarks" / "results" / f"pipeline_{shared['experiment']}_{device}.csv"
+    write_csv(out, rule_rows(rule_summary(jobs, total_s), total_s, shared), RULE_FIELDS)
+    print(f"\nCSV: {out}")
+    compare_with_committed(main_csv, clone, out.with_name(out.stem + "_tables.csv"), table_before)
+
+
+def log_span(text: str) -> float:
+    """Seconds from the first ``[date]`` line of a Snakemake log to its last (0 with fewer than two)."""
+    stamps = [dt.datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y")
+              for line in text.splitlines() if (m := DATE_LINE.match(line.rstrip()))]
+    return (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else 0.0
+
+
+def analyse(args: argparse.Namespace) -> int:
+    """``--analyse CLONE``: the tables of a run already made in ``CLONE`` (a kept clone whose measuring
+    process was stopped, or a run finished by hand), from its Snakemake log. The total is the log's span,
+    first job start to last event: Snakemake's start-up before its first job is left out. Nothing runs."""
+    clone = args.analyse.resolve()
+    if not (clone / ".git").exists():
+        raise TimingError(f"--analyse {clone}: not a clone (no .git)")
+    if not args.config.is_file():
+        raise TimingError(f"--config {args.config}: no such file")
+    text = latest_log(clone).read_text(encoding="utf-8", errors="replace")
+    jobs = parse_snakemake_log(text)
+    total_s = log_span(text)
+    configfile, _ = config_in_clone(args.config, clone)
+    experiment, main_csv, device = experiment_of(Path(configfile), clone)
+    commit = git("rev-parse", "HEAD", cwd=clone).strip()
+    reported = any(job.rule == "report" and job.end is not None and not job.failed for job in jobs)
+    shared = {"experiment": experiment, "total_wall_s": round(total_s, 1), "cores": args.cores, "cache": "",
+              "cold_cache": "", "cache_existed": "", "commit": commit, "load_before": "", "load_after": "",
+              **machine_columns()}
+    unfinished = sum(1 for job in jobs if job.end is None or job.failed)
+    heading = (f"{experiment}: {total_s:.0f} s from the first job's start to the last event of {latest_log(clone).name} "
+               f"in {clone} (commit {commit[:10]}; {len(jobs)} jobs, {unfinished} unfinished or failed)")
+    # the clone started with the committed table: compare only if its report job finished
+    before = None if reported else stamp_of(clone / main_csv)
+    report_run(jobs, total_s, shared, heading, args.out, device, main_csv, clone, before)
+    return 0 if unfinished == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return measure(args)
+        return analyse(args) if args.analyse is not None else measure(args)
     except TimingError as exc:
         print(f"time_pipeline: error: {exc}", file=sys.stderr)
         return 2

@@ -246,3 +246,31 @@ def test_a_committed_config_is_used_in_place_and_any_other_is_copied(tmp_path):
     outside = write_yaml(tmp_path / "mine.yaml", {"experiment": "mine"})
     assert time_pipeline.config_in_clone(outside, clone) == (".time_pipeline/mine.yaml",
                                                             "outside the repository: copied")
+
+
+def test_analyse_makes_the_tables_of_a_run_already_made(tmp_path, capsys):
+    """--analyse reads a clone's Snakemake log (here the micro excerpt above) and runs nothing: the total is
+    the log's span, 18:51:16 to 18:51:36; no report job finished, so no table is compared."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "x"], check=True)
+    (clone / ".snakemake" / "log").mkdir(parents=True)
+    (clone / ".snakemake" / "log" / "2026-11-30T185116.snakemake.log").write_text(LOG)
+    # named as the default experiment, whose report table HEAD holds: the one to compare against
+    config_file = write_yaml(tmp_path / "micro.yaml", micro_config() | {"experiment": "default"})
+    out = tmp_path / "pipeline.csv"
+    assert time_pipeline.main(["--config", str(config_file), "--analyse", str(clone), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "default: 20 s from the first job's start" in text and "3 jobs, 0 unfinished or failed" in text
+    rows = {row["rule"]: row for row in csv.DictReader(out.open())}
+    assert (rows["meta_train"]["jobs"], float(rows["meta_train"]["job_seconds"])) == ("2", 10.0 + 11.0)
+    assert float(rows["(total)"]["wall_span_s"]) == 20.0
+    assert "the run did not write results/default/report/tables/main.csv" in text
+    assert not list(clone.glob("results/**/*.pt"))  # nothing ran
+
+
+def test_analyse_refuses_a_folder_that_is_not_a_clone(tmp_path, capsys):
+    config_file = write_yaml(tmp_path / "micro.yaml", micro_config())
+    assert time_pipeline.main(["--config", str(config_file), "--analyse", str(tmp_path)]) == 2
+    assert f"--analyse {tmp_path.resolve()}: not a clone (no .git)" in capsys.readouterr().err
