@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from eval_helpers import tiny_model, tiny_split
 
 from purer.config import IcfilConfig
+from purer.meta import calibration
 from purer.data.episodes import fixed_episodes, materialise
 from purer.meta.calibration import (
     calibrate_features,
@@ -199,3 +200,28 @@ def test_icfil_evaluation_is_reproducible_per_episode(tmp_path):
     b = icfil_hook(config, "toy", 5)(model, state, episode, 1)
     assert all(torch.equal(a.params[n], b.params[n]) for n in a.params)
     assert isinstance(a, AdaptedState)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
+def test_compiled_inversion_computes_the_eager_objective(algorithm, monkeypatch):
+    """``compile=True``: each step's loss and image gradient from one traced graph (the jitter outside it),
+    in float64 the same images as the eager steps. The graph is traced by Dynamo and AOT autograd as in a
+    real run; the ``aot_eager`` backend stands in for inductor's kernel build, which takes minutes here."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **kw, backend="aot_eager"))
+    monkeypatch.setattr(calibration, "_COMPILED_LOSSES", {})
+    _, _, episode, model, _, _, state = _setup(algorithm)
+    model = model.double()
+    state = AdaptedState({n: p.double() for n, p in state.params.items()},
+                         None if state.prototypes is None else state.prototypes.double())
+    support_x = episode.support_x.double()
+    config = dataclasses.replace(SMALL, inversion_steps=4, jitter=2)
+    eager, labels = invert_adapted_model(model, state, support_x, 5, config, torch.Generator().manual_seed(3))
+    for _ in range(2):  # the second episode reuses the compiled graph
+        compiled, compiled_labels = invert_adapted_model(model, state, support_x, 5, config,
+                                                         torch.Generator().manual_seed(3), compile=True)
+        assert torch.equal(labels, compiled_labels)
+        assert torch.allclose(compiled, eager, rtol=0, atol=1e-9)
+    assert len(calibration._COMPILED_LOSSES) == 1
+    start = torch.randn(eager.shape, generator=torch.Generator().manual_seed(3)).double()  # the initialisation
+    assert (compiled - start).abs().max() > 0.1  # the steps moved the images

@@ -33,10 +33,9 @@ derives it from ``(config.seed, "icfil", dataset, episode index)``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -167,6 +166,48 @@ def support_bn_loss(stats: list[BNStats], targets: list[BNStats]) -> torch.Tenso
     return bn_matching(paired)
 
 
+InversionLoss = Callable[[Params, torch.Tensor | None, torch.Tensor, torch.Tensor], torch.Tensor]
+# compiled inversion losses by (architecture, classifier kind, weights): the episodes of one meta-test share one
+_COMPILED_LOSSES: dict[tuple, InversionLoss] = {}
+
+
+def inversion_loss(model: nn.Module, config: IcfilConfig) -> InversionLoss:
+    """The inversion objective ``(params, prototypes, jittered [B, C, H, W], labels [B]) -> 0-d`` without
+    a BN term: CE of the adapted classifier + tv·TV + l2·L2 of the jittered images."""
+    def loss(params: Params, prototypes: torch.Tensor | None, jittered: torch.Tensor,
+             labels: torch.Tensor) -> torch.Tensor:
+        out = classifier_logits(model, AdaptedState(params, prototypes), jittered)
+        return (
+            F.cross_entropy(out, labels)
+            + config.tv_weight * total_variation(jittered)
+            + config.l2_weight * l2_prior(jittered)
+        )
+
+    return loss
+
+
+def compiled_inversion_loss(model: nn.Module, config: IcfilConfig, prototypes: bool) -> InversionLoss:
+    """:func:`inversion_loss` as one ``torch.compile``-d graph (forward and backward), its images in
+    channels-last memory inside the graph. Models of the same architecture (``repr``, no buffers) share it.
+
+    The jitter (a data-dependent roll) stays outside, in eager mode: inside, each shift would be a new graph.
+    """
+    key = (repr(model), prototypes, config.tv_weight, config.l2_weight)
+    shareable = not any(True for _ in model.buffers())
+    if shareable and key in _COMPILED_LOSSES:
+        return _COMPILED_LOSSES[key]
+    plain = inversion_loss(model, config)
+
+    def loss(params: Params, prototypes: torch.Tensor | None, jittered: torch.Tensor,
+             labels: torch.Tensor) -> torch.Tensor:
+        return plain(params, prototypes, jittered.contiguous(memory_format=torch.channels_last), labels)
+
+    compiled = torch.compile(loss, dynamic=False)
+    if shareable:
+        _COMPILED_LOSSES[key] = compiled
+    return compiled
+
+
 def invert_adapted_model(
     model: nn.Module,
     state: AdaptedState,
@@ -174,6 +215,7 @@ def invert_adapted_model(
     n_way: int,
     config: IcfilConfig,
     generator: torch.Generator,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthesise a pseudo support set from the adapted model (docs/method.md §3.3 step 2).
 
@@ -181,6 +223,9 @@ def invert_adapted_model(
         support_x: the real support images [S, C, H, W] (shape, device, BN targets).
         n_way: classes of the episode.
         generator: draws the N(0, 1) initialisation and the jitter.
+        compile: compute each step's loss and image gradient as one compiled graph
+            (:func:`compiled_inversion_loss`; without ``bn_mode: support``): the same objective, float32
+            rounding aside, which Adam on the images can amplify in single episodes.
 
     Returns:
         pseudo images [n_way * M, C, H, W] (detached) and labels [n_way * M] (class-major).
@@ -193,19 +238,23 @@ def invert_adapted_model(
     frozen = AdaptedState({n: p.detach() for n, p in state.params.items()}, state.prototypes)
     targets = support_bn_targets(model, frozen.params, support_x) if config.bn_mode == "support" else None
     optimizer = torch.optim.Adam([images], lr=config.inversion_lr)
+    if targets is None:
+        objective = (compiled_inversion_loss(model, config, frozen.prototypes is not None) if compile
+                     else inversion_loss(model, config))
     with torch.enable_grad():
         for _ in range(config.inversion_steps):
             jittered = roll_jitter(images, config.jitter, generator)
-            recorder = record_bn_stats() if targets is not None else contextlib.nullcontext([])
-            with recorder as stats:
-                out = classifier_logits(model, frozen, jittered)
-            loss = (
-                F.cross_entropy(out, labels)
-                + config.tv_weight * total_variation(jittered)
-                + config.l2_weight * l2_prior(jittered)
-            )
-            if targets is not None:
-                loss = loss + config.bn_weight * support_bn_loss(stats, targets)
+            if targets is None:
+                loss = objective(frozen.params, frozen.prototypes, jittered, labels)
+            else:
+                with record_bn_stats() as stats:
+                    out = classifier_logits(model, frozen, jittered)
+                loss = (
+                    F.cross_entropy(out, labels)
+                    + config.tv_weight * total_variation(jittered)
+                    + config.l2_weight * l2_prior(jittered)
+                    + config.bn_weight * support_bn_loss(stats, targets)
+                )
             (images.grad,) = torch.autograd.grad(loss, [images])
             optimizer.step()
     return images.detach(), labels
@@ -306,6 +355,7 @@ def icfil_calibrate(
     config: IcfilConfig,
     n_way: int,
     generator: torch.Generator,
+    compile: bool = False,
 ) -> AdaptedState:
     """Calibrate an adapted model on one test episode (docs/method.md §3.3; a reconstruction).
 
@@ -316,13 +366,14 @@ def icfil_calibrate(
         config: ICFIL settings.
         n_way: classes of the episode.
         generator: the episode's ICFIL generator (initialisation and jitter).
+        compile: run the inversion's steps as a compiled graph (:func:`invert_adapted_model`).
 
     Returns:
         The calibrated state (detached); for ProtoNet, prototypes recomputed from the calibrated
         features of the real support set.
     """
     support_x, support_y = episode.support_x, episode.support_y
-    pseudo_x, pseudo_y = invert_adapted_model(model, state, support_x, n_way, config, generator)
+    pseudo_x, pseudo_y = invert_adapted_model(model, state, support_x, n_way, config, generator, compile)
     params = calibrate_features(model, state.params, support_x, support_y, pseudo_x, pseudo_y, config)
     if state.prototypes is not None:
         with torch.no_grad():

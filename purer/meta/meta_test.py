@@ -76,7 +76,7 @@ def icfil_hook(config: ExperimentConfig, dataset: str, n_way: int, noise: bool =
 
     def calibrate(model: nn.Module, state: AdaptedState, episode: Episode, index: int) -> AdaptedState:
         generator = make_generator(config.seed, "icfil", dataset, index)
-        return icfil_calibrate(model, state, episode, icfil, n_way, generator)
+        return icfil_calibrate(model, state, episode, icfil, n_way, generator, config.compile is True)
 
     return calibrate
 
