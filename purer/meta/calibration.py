@@ -238,23 +238,17 @@ def invert_adapted_model(
     frozen = AdaptedState({n: p.detach() for n, p in state.params.items()}, state.prototypes)
     targets = support_bn_targets(model, frozen.params, support_x) if config.bn_mode == "support" else None
     optimizer = torch.optim.Adam([images], lr=config.inversion_lr)
-    if targets is None:
-        objective = (compiled_inversion_loss(model, config, frozen.prototypes is not None) if compile
-                     else inversion_loss(model, config))
+    objective = (compiled_inversion_loss(model, config, frozen.prototypes is not None)
+                 if compile and targets is None else inversion_loss(model, config))
     with torch.enable_grad():
         for _ in range(config.inversion_steps):
             jittered = roll_jitter(images, config.jitter, generator)
             if targets is None:
                 loss = objective(frozen.params, frozen.prototypes, jittered, labels)
-            else:
+            else:  # the BN statistics of this forward are recorded and matched to the support's
                 with record_bn_stats() as stats:
-                    out = classifier_logits(model, frozen, jittered)
-                loss = (
-                    F.cross_entropy(out, labels)
-                    + config.tv_weight * total_variation(jittered)
-                    + config.l2_weight * l2_prior(jittered)
-                    + config.bn_weight * support_bn_loss(stats, targets)
-                )
+                    loss = objective(frozen.params, frozen.prototypes, jittered, labels)
+                loss = loss + config.bn_weight * support_bn_loss(stats, targets)
             (images.grad,) = torch.autograd.grad(loss, [images])
             optimizer.step()
     return images.detach(), labels
