@@ -17,7 +17,8 @@ tests/test_icfil_controls.py).
 Writes a Markdown table to stdout and ``benchmarks/results/icfil_cpu.csv``. ``group`` 1 is the
 per-episode path (before); larger groups run one vmapped inversion and calibration per group
 (after); ``1c`` is the per-episode path with ``compile: true`` (the inversion's steps as one compiled
-graph; its compilation is paid in an untimed first pass, as a later job finds it in the compile cache). Rows are interleaved by repeat so that a change of machine load hits all of them.
+graph; its compilation is paid in an untimed first pass, as a later job finds it in the compile
+cache). Rows are interleaved by repeat so that a change of machine load hits all of them.
 """
 
 from __future__ import annotations

@@ -536,10 +536,11 @@ def measure(args: argparse.Namespace) -> int:
 def report_run(jobs: list[JobTiming], total_s: float, shared: dict, heading: str, out: Path | None, device: str,
                main_csv: Path, clone: Path, table_before: tuple[int, int] | None) -> None:
     """Print the per-rule table, write its CSV and compare the clone's report table with the committed one."""
+    rules = rule_summary(jobs, total_s)
     print(f"\n{heading}\n")
-    print(rules_markdown(rule_summary(jobs, total_s), total_s))
+    print(rules_markdown(rules, total_s))
     out = out or REPO / "benchmarks" / "results" / f"pipeline_{shared['experiment']}_{device}.csv"
-    write_csv(out, rule_rows(rule_summary(jobs, total_s), total_s, shared), RULE_FIELDS)
+    write_csv(out, rule_rows(rules, total_s, shared), RULE_FIELDS)
     print(f"\nCSV: {out}")
     compare_with_committed(main_csv, clone, out.with_name(out.stem + "_tables.csv"), table_before)
 
@@ -560,7 +561,8 @@ def analyse(args: argparse.Namespace) -> int:
         raise TimingError(f"--analyse {clone}: not a clone (no .git)")
     if not args.config.is_file():
         raise TimingError(f"--config {args.config}: no such file")
-    text = latest_log(clone).read_text(encoding="utf-8", errors="replace")
+    log = latest_log(clone)
+    text = log.read_text(encoding="utf-8", errors="replace")
     jobs = parse_snakemake_log(text)
     total_s = log_span(text)
     configfile, _ = config_in_clone(args.config, clone)
@@ -571,7 +573,7 @@ def analyse(args: argparse.Namespace) -> int:
               "cold_cache": "", "cache_existed": "", "commit": commit, "load_before": "", "load_after": "",
               **machine_columns()}
     unfinished = sum(1 for job in jobs if job.end is None or job.failed)
-    heading = (f"{experiment}: {total_s:.0f} s from the first job's start to the last event of {latest_log(clone).name} "
+    heading = (f"{experiment}: {total_s:.0f} s from the first job's start to the last event of {log.name} "
                f"in {clone} (commit {commit[:10]}; {len(jobs)} jobs, {unfinished} unfinished or failed)")
     # the clone started with the committed table: compare only if its report job finished
     before = None if reported else stamp_of(clone / main_csv)
