@@ -8,9 +8,12 @@ resolves them once, when it loads its config (:func:`resolve_speed_settings`), s
 ever sees concrete values and ``config.resolved.yaml`` records what ran. The rules follow the
 measurements in benchmarks/README.md:
 
-- ``precision: auto`` is ``bf16`` only where the hardware computes bf16 natively: a CUDA GPU that
-  supports it, or a CPU with AVX-512 BF16 or AMX. Elsewhere (e.g. an AVX2-only CPU) bf16 is emulated
-  and was 2.5x *slower* than fp32, so ``auto`` is ``fp32``.
+- ``precision: auto`` is ``bf16`` only where the hardware computes bf16 natively and it paid off
+  there. On a CPU that is AVX-512 BF16 or AMX (elsewhere, e.g. an AVX2-only CPU, bf16 is emulated and
+  was 2.5x *slower* than fp32). On a CUDA GPU it is teacher pre-training only (``step="pool"``): on
+  an H200 the meta-iteration's small Conv4 kernels ran no faster in bf16 (compiled; 20% slower
+  eager), so meta-training and meta-testing stay in the exact fp32, while ResNet-18 teachers at
+  84 px trained 27% faster in bf16.
 - ``compile: auto`` is ``true`` when the run is long enough to repay the compilation (about 30-45 s
   on a 2-core CPU for the first job; later jobs with the same shapes load most of it from the shared
   compile cache below, about 7x cheaper) and the device can compile: a C++ compiler on CPU, or CUDA.
@@ -135,8 +138,9 @@ def resolve_speed_settings(
     compile_ = config.compile
     if compile_ == AUTO:
         compile_ = machine.can_compile and config.meta_train.iterations >= MIN_ITERATIONS_TO_COMPILE
+    bf16_pays = machine.native_bf16 and (machine.device_type == "cpu" or step == POOL_STEP)
     chosen = {
-        "precision": "bf16" if machine.native_bf16 else "fp32",
+        "precision": "bf16" if bf16_pays else "fp32",
         "compile": compile_,
         "channels_last": machine.device_type == "cuda" or bool(compile_) or step == POOL_STEP,
     }
