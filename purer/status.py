@@ -4,7 +4,8 @@ For every meta-training run of the grid (:func:`purer.grid.grid_runs`): its stat
 ``summary.json``; ``partial``: training logs but no summary, i.e. running or stopped, resumable;
 ``stale``: logs of another ``meta_train`` configuration, per the folder's ``config.resolved.yaml``,
 which the run starts over; ``not started``), the meta-iteration reached of the run's length, the latest and the best
-validation accuracy so far, the reversed steps taken, a time-left estimate from the median seconds
+validation accuracy so far, the latest checkpoint (where a stopped run resumes: the logs past it are
+recomputed), the reversed steps taken, a time-left estimate from the median seconds
 of the last 100 logged meta-iterations, how long ago its logs or checkpoint were last written (a
 run that is going writes ``curve.jsonl`` every meta-iteration; a stopped one falls silent), and how
 many of its meta-tests exist. The meta-tests'
@@ -42,6 +43,7 @@ class RunStatus:
     iteration: int  # meta-iterations logged (the last curve.jsonl line)
     iterations: int  # the run's length (its arm's meta_train.iterations; 0 for an initialisation)
     start: int  # where its own training starts: the warm-up for an arm branched from a trunk, else 0
+    checkpoint: int | None  # the meta-iteration a stopped partial run resumes from (None unless partial)
     last_val: tuple[int, float] | None  # (iteration, accuracy) of the latest validation
     best_val: tuple[int, float] | None  # (iteration, accuracy) of the best validation so far
     switches: int  # meta-iterations with a reversed step
@@ -91,6 +93,18 @@ def seconds_since_write(run: Path, now: float) -> float | None:
     return max(now - max(times), 0.0) if times else None
 
 
+def resume_point(run: Path, iteration: int, interval: int, start: int) -> int:
+    """The meta-iteration of a run's latest checkpoint, from its logs alone (no torch).
+
+    The trainer writes ``checkpoint.pt`` every ``interval`` meta-iterations (purer/meta/train.py), so
+    the latest one is the last multiple of ``interval`` logged; before its first one a run resumes from
+    where its training starts (``start``: 0, or the warm-up checkpoint of a branched run).
+    """
+    if not (run / "checkpoint.pt").is_file():
+        return start
+    return max(start, iteration // interval * interval)
+
+
 def run_status(config: ExperimentConfig, name: str, n_shot: int, seed: int, now: float | None = None) -> RunStatus:
     """The progress of run ``name`` (a method or an arm) at ``n_shot`` and ``seed``; ``now``: a Unix
     time for the last-write age (default: the current time)."""
@@ -120,6 +134,7 @@ def run_status(config: ExperimentConfig, name: str, n_shot: int, seed: int, now:
              for dataset in config.test_datasets for variant in grid_variants(config, name)]
     return RunStatus(
         run=name, n_shot=n_shot, seed=seed, state=state, iteration=iteration, iterations=length, start=start,
+        checkpoint=resume_point(run, iteration, mt.checkpoint_interval, start) if state == "partial" else None,
         last_val=val[-1] if val else None, best_val=max(val, key=lambda v: (v[1], -v[0])) if val else None,
         switches=sum(1 for r in curve if r.get("switch")), seconds_left=seconds_left,
         seconds_since_write=(seconds_since_write(run, time.time() if now is None else now)
@@ -162,12 +177,13 @@ def _ago(seconds: float | None) -> str:
 
 def status_table(rows: list[RunStatus]) -> str:
     """A Markdown table of :func:`experiment_status`, one line per run, with a total line."""
-    lines = ["| run | shot | seed | state | meta-iteration | last val | best val | reversed steps | time left | "
-             "last write | meta-tests |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | shot | seed | state | meta-iteration | checkpoint | last val | best val | reversed steps | "
+             "time left | last write | meta-tests |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         progress = f"{r.iteration}/{r.iterations}" if r.iterations else "-"
-        lines.append(f"| {r.run} | {r.n_shot} | {r.seed} | {r.state} | {progress} | {_accuracy(r.last_val)} | "
+        checkpoint = "-" if r.checkpoint is None else str(r.checkpoint)
+        lines.append(f"| {r.run} | {r.n_shot} | {r.seed} | {r.state} | {progress} | {checkpoint} | {_accuracy(r.last_val)} | "
                      f"{_accuracy(r.best_val)} | {r.switches} | {_duration(r.seconds_left)} | {_ago(r.seconds_since_write)} | {r.tests_done}/{r.tests} |")
     finished = sum(r.state == "finished" for r in rows)
     left = sum(r.iterations - max(r.iteration, r.start) for r in rows if r.state != "finished")

@@ -70,7 +70,25 @@ def test_states_progress_validation_and_time_left(tmp_path):
     table = status_table(list(rows.values()))
     # left: the trunk 750, the branch 1000 - 400 from its warm-up on; the finished initialisation 0
     assert "1 of 3 runs finished; 1350 meta-iterations left" in table
-    assert "| ei-t | 5 | 0 | partial | 250/1000 | 30.50 @200 | 31.00 @100 | 0 | 0h25 | 90 s ago | 0/1 |" in table
+    assert "| ei-t | 5 | 0 | partial | 250/1000 | 0 | 30.50 @200 | 31.00 @100 | 0 | 0h25 | 90 s ago | 0/1 |" in table
+
+
+def test_a_stopped_run_resumes_from_its_last_checkpoint_not_its_last_log_line(tmp_path):
+    path, config = _config(tmp_path)  # checkpoint_interval: 500 (the default)
+    trunk = paths.run_dir(config, "ei-t", 5, 0)
+    _log(trunk / "curve.jsonl", [{"iteration": i, "seconds": 2.0} for i in range(1, 613)])
+    row = {r.run: r for r in experiment_status(config)}["ei-t"]
+    assert (row.iteration, row.checkpoint) == (612, 0)  # no checkpoint written: it starts over
+    (trunk / "checkpoint.pt").write_bytes(b"")
+    rows = {r.run: r for r in experiment_status(config)}
+    assert (rows["ei-t"].iteration, rows["ei-t"].checkpoint) == (612, 500)
+    assert "| ei-t | 5 | 0 | partial | 612/1000 | 500 |" in status_table(list(rows.values()))
+    branch = paths.run_dir(config, "parity", 5, 0)
+    _log(branch / "curve.jsonl", [{"iteration": i, "seconds": 2.0} for i in range(401, 451)])
+    (branch / "checkpoint.pt").write_bytes(b"")
+    parity = {r.run: r for r in experiment_status(config)}["parity"]
+    assert (parity.iteration, parity.checkpoint) == (450, 400)  # from the trunk's warm-up, not 0
+    assert rows["random"].checkpoint is None  # not partial
 
 
 def test_command_prints_the_table_without_test_numbers(tmp_path, capsys):
