@@ -198,7 +198,11 @@ def test_best_on_test_is_recorded_beside_the_clean_plain_result(tmp_path):
     best = plain["best_on_test"]
     assert best["n_checkpoints"] == 3 and best["accuracy"] >= plain["accuracy"]
     assert "optimistically biased" in best["label"]
-    assert "best_on_test" not in meta_test(config, "purer", 1, 0, "toy", "plain-steps10")
+    # the job's time counts every checkpoint it scored: the clean one and the two further ones
+    assert best["seconds_further"] > 0
+    assert plain["seconds_all_checkpoints"] == pytest.approx(plain["seconds_total"] + best["seconds_further"])
+    steps10 = meta_test(config, "purer", 1, 0, "toy", "plain-steps10")
+    assert "best_on_test" not in steps10 and steps10["seconds_all_checkpoints"] == steps10["seconds_total"]
     (tmp_path / "off").mkdir()
     _, off = tiny_config(tmp_path / "off", inner_steps=0, best_on_test_beside=False)
     write_meta_model(paths.run_dir(off, "purer", 1, 0) / "meta_model.pt", seed=1)

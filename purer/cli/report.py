@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from purer.report import (  # pandas/seaborn: only when reporting
         aggregate,
+        compute,
         figures,
         records,
         sweeps,
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
     main_table = next(t for t in built_tables if t.name == "main")
     main_rows = summary[summary["test_variant"].isin(aggregate.MAIN_VARIANTS)]
     built_figures = figures.build_figures(main_rows, main_table, root)
+    compute_time = None if args.root else compute.compute_rows(config)  # the grid's runs and tests
     # the whole report is written into a temporary folder that then replaces `out`: an interrupted
     # report leaves the previous one intact, and files of formats no longer configured disappear
     with atomic_dir(out) as tmp:
@@ -76,6 +78,8 @@ def run(args: argparse.Namespace) -> None:
         written += figures.save_figures(built_figures, tmp / "figures", config.report.figure_formats)
         if selection is not None:
             written += sweeps.write_selection(selection, tmp / "tables")
+        if compute_time is not None:
+            written += compute.write_compute(compute_time, tmp)  # beside tables/: timings differ run to run
         written.append(aggregate.write_summary(tmp / "summary.json", summary, differences,
                                                None if selection is None else sweeps.selection_metrics(selection)))
         common.write_run_info(tmp, config)
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> None:
 INPUTS_RECORD = "inputs.json"
 # what a report folder holds: anything else in an existing `out` (but hidden names: temporaries,
 # .DS_Store) is not ours to replace
-REPORT_ENTRIES = frozenset({"tables", "figures", "summary.json", "env.json", "config.resolved.yaml", INPUTS_RECORD})
+REPORT_ENTRIES = frozenset({"tables", "figures", "summary.json", "env.json", "config.resolved.yaml", INPUTS_RECORD,
+                            "compute_time.csv", "compute_time.md"})
 
 
 def input_record(metrics_paths: Iterable[str | Path]) -> dict[str, object]:

@@ -220,6 +220,9 @@ def meta_test(
             ]
         elif mtest.best_on_test_beside and test_variant.name == PLAIN:
             metrics["best_on_test"] = best_on_test(config, run, split, episodes, dataset, test_variant, device, best)
+        # the test episodes of every checkpoint this job scored (the report's compute time)
+        metrics["seconds_all_checkpoints"] = sum(c["seconds_total"] for c in candidates) + metrics.get(
+            "best_on_test", {}).get("seconds_further", 0.0)
         write_run_info(out_dir, config, method=method, n_shot=n_shot, seed=seed, dataset=dataset,
                        icfil=test_variant.icfil, variant=test_variant.name)
         write_json(out_dir / "metrics.json", metrics)
@@ -256,6 +259,7 @@ def best_on_test(
         "checkpoint": best["checkpoint"],
         "checkpoint_iteration": best["checkpoint_iteration"],
         "n_checkpoints": len(results),
+        "seconds_further": sum(result["seconds_total"] for result in results[1:]),  # beyond the clean one
     }
 
 
