@@ -50,7 +50,7 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
         "meta/learners.py", "inversion/losses.py", "models/manifest.py", "models/pool.py", "models/backbones.py",
         "data/episodes.py", "data/cache.py",
     ),
-    "report": ("cli/report.py", "grid.py", "arms.py", "report/sweeps.py", "report/records.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py",
+    "report": ("cli/report.py", "grid.py", "arms.py", "report/sweeps.py", "report/records.py", "report/compute.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py",
                "variants.py", "data/cache.py"),
 }
 

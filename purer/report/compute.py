@@ -23,6 +23,7 @@ Pure Python and pandas: no torch.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from purer import paths
 from purer.config import ExperimentConfig
 from purer.grid import grid_runs
 from purer.io import write_text
-from purer.status import read_lines
+from purer.report.aggregate import read_jsonl
 from purer.variants import grid_variants
 
 COLUMNS = ["run", "n_shot", "seed", "stage", "seconds", "estimated"]
@@ -47,15 +48,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a finished run's log (none if it is missing; a bad line is a DataError)."""
+    return read_jsonl(path).to_dict("records") if path.is_file() else []
+
+
 def training_rows(run: Path, summary: dict[str, Any]) -> list[tuple[str, float, bool]]:
     """(stage, seconds, estimated) of one finished run's meta-training and validation."""
     branched = summary.get("branched_from")
     start = int(branched["iteration"]) if isinstance(branched, dict) and "iteration" in branched else 0
-    own = [float(r["seconds"]) for r in read_lines(run / "curve.jsonl")
-           if int(r.get("iteration", 0)) > start and isinstance(r.get("seconds"), (int, float))]
+    own = [float(r["seconds"]) for r in _lines(run / "curve.jsonl")
+           if int(r.get("iteration", 0)) > start and isinstance(r.get("seconds"), (int, float))
+           and math.isfinite(r["seconds"])]
     validation = float(summary.get("seconds_validation") or 0.0)
     if start:
-        iterations = [int(r["iteration"]) for r in read_lines(run / "val.jsonl") if "iteration" in r]
+        iterations = [int(r["iteration"]) for r in _lines(run / "val.jsonl") if "iteration" in r]
         validation *= sum(i > start for i in iterations) / len(iterations) if iterations else 0.0
     return [(TRAINING, sum(own), False), (VALIDATION, validation, bool(start))]
 
