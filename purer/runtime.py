@@ -17,6 +17,8 @@ measurements in benchmarks/README.md:
 - ``compile: auto`` is ``true`` when the run is long enough to repay the compilation (about 30-45 s
   on a 2-core CPU for the first job; later jobs with the same shapes load most of it from the shared
   compile cache below, about 7x cheaper) and the device can compile: a C++ compiler on CPU, or CUDA.
+  A meta-test job (``step="meta_test"``) compiles when its meta-training would, or when it scores
+  300 or more test episodes: its own graphs pay off within one such test.
 - ``channels_last: auto`` follows ``compile``: on CPU the channels-last format paid off only inside
   compiled graphs (eager, it was slightly slower); on CUDA it is always on. Teacher pre-training
   (``step="pool"``) is the exception: its eager ``nn.Module`` teachers train faster channels-last on
@@ -61,6 +63,11 @@ AUTO = "auto"
 # compile: auto only pays off past this many meta-iterations (~30-45 s of compilation, saving
 # ~0.3-0.7 s per CPU meta-iteration at the 13-teacher benchmark settings).
 MIN_ITERATIONS_TO_COMPILE = 500
+# ... and a meta-test job past this many test episodes (its own graphs: the plain episode, ICFIL's
+# inversion and feature steps; ~20-40 s of compilation against 0.3-0.4 s saved per ICFIL episode and
+# 2.7x per plain episode, which best-on-test scores on every snapshot).
+MIN_EPISODES_TO_COMPILE = 300
+META_TEST_STEP = "meta_test"
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 POOL_STEP = "pool"  # teacher pre-training: eager teachers, channels-last pays off on CPU too
 THREADS_ENV = "PURER_THREADS"  # the job's threads; else OMP_NUM_THREADS (set by Snakemake from `threads`)
@@ -129,7 +136,8 @@ def resolve_speed_settings(
     Args:
         config: the loaded config; settings that are not ``auto`` are kept as written.
         machine: the device to choose for (default: probe ``config.device``).
-        step: the step that will run (``"pool"``: teacher pre-training, channels-last on every device).
+        step: the step that will run (``"pool"``: teacher pre-training, channels-last on every device;
+            ``"meta_test"``: compiles for a long test as well as for a long meta-training).
     """
     auto = [key for key in ("precision", "channels_last", "compile") if getattr(config, key) == AUTO]
     if not auto:
@@ -137,7 +145,9 @@ def resolve_speed_settings(
     machine = machine or describe_machine(config.device)
     compile_ = config.compile
     if compile_ == AUTO:
-        compile_ = machine.can_compile and config.meta_train.iterations >= MIN_ITERATIONS_TO_COMPILE
+        long_run = config.meta_train.iterations >= MIN_ITERATIONS_TO_COMPILE or (
+            step == META_TEST_STEP and config.meta_test.episodes >= MIN_EPISODES_TO_COMPILE)
+        compile_ = machine.can_compile and long_run
     bf16_pays = machine.native_bf16 and (machine.device_type == "cpu" or step == POOL_STEP)
     chosen = {
         "precision": "bf16" if bf16_pays else "fp32",

@@ -46,6 +46,16 @@ def test_short_runs_do_not_compile():
     assert speed(resolve_speed_settings(auto_config(iterations=100), GPU)) == ("fp32", True, False)
 
 
+def test_a_long_meta_test_compiles_even_after_a_short_meta_training():
+    short = auto_config(iterations=100)  # 600 test episodes (the default)
+    assert speed(resolve_speed_settings(short, AVX2_CPU, step="meta_test")) == ("fp32", True, True)
+    assert speed(resolve_speed_settings(short, AVX2_CPU)) == ("fp32", False, False)  # meta-training: too short
+    few = load_config(None, ["meta_train.iterations=100", "meta_test.episodes=299",
+                             "precision=auto", "channels_last=auto", "compile=auto"])
+    assert speed(resolve_speed_settings(few, AVX2_CPU, step="meta_test")) == ("fp32", False, False)
+    assert speed(resolve_speed_settings(short, NO_COMPILER_CPU, step="meta_test")) == ("fp32", False, False)
+
+
 def test_gpu_pretrains_teachers_in_bf16_only_where_native():
     assert resolve_speed_settings(auto_config(), GPU, step="pool").precision == "bf16"
     no_bf16_gpu = Machine("cuda", native_bf16=False, can_compile=True, name="old GPU")

@@ -25,6 +25,7 @@ from purer.cli.common import add_common_arguments, add_run_arguments, load, run_
 from purer.errors import ConfigError
 from purer.meta.meta_test import AVERAGE, meta_test, write_average
 from purer.outputs import check_output_folder
+from purer.runtime import META_TEST_STEP
 from purer.seeding import seed_everything
 from purer.variants import ICFIL, PLAIN
 
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Meta-test one run on one or every test dataset."""
-    config = load(args)
+    config = load(args, step=META_TEST_STEP)
     seed = run_seed(config, args)
     seed_everything(config.seed)
     run_dir = Path(args.run) if args.run else paths.run_dir(config, args.method, args.n_shot, seed)
