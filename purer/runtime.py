@@ -63,9 +63,9 @@ AUTO = "auto"
 # compile: auto only pays off past this many meta-iterations (~30-45 s of compilation, saving
 # ~0.3-0.7 s per CPU meta-iteration at the 13-teacher benchmark settings).
 MIN_ITERATIONS_TO_COMPILE = 500
-# ... and a meta-test job past this many test episodes (its own graphs: the plain episode, ICFIL's
-# inversion and feature steps; ~20-40 s of compilation against 0.3-0.4 s saved per ICFIL episode and
-# 2.7x per plain episode, which best-on-test scores on every snapshot).
+# ... and a meta-test job past this many test episodes (its own graphs: the plain episode and ICFIL's
+# inversion step; ~20-40 s of compilation against 0.3-0.4 s saved per ICFIL episode and 2.7x per
+# plain episode, which best-on-test scores on every snapshot).
 MIN_EPISODES_TO_COMPILE = 300
 META_TEST_STEP = "meta_test"
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

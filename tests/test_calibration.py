@@ -225,28 +225,3 @@ def test_compiled_inversion_computes_the_eager_objective(algorithm, monkeypatch)
     assert len(calibration._COMPILED_LOSSES) == 1
     start = torch.randn(eager.shape, generator=torch.Generator().manual_seed(3)).double()  # the initialisation
     assert (compiled - start).abs().max() > 0.1  # the steps moved the images
-
-
-@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
-def test_compiled_icfil_calibrates_as_the_eager_steps(algorithm, monkeypatch):
-    """``compile=True`` in the whole calibration: the inversion's and the feature steps' graphs (traced by
-    Dynamo and AOT autograd, ``aot_eager`` standing in for inductor), in float64 the same calibrated
-    parameters (and prototypes) as the eager steps; a second episode reuses both graphs."""
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **kw, backend="aot_eager"))
-    monkeypatch.setattr(calibration, "_COMPILED_LOSSES", {})
-    _, _, episode, model, _, _, state = _setup(algorithm)
-    model = model.double()
-    state = AdaptedState({n: p.double() for n, p in state.params.items()},
-                         None if state.prototypes is None else state.prototypes.double())
-    episode = dataclasses.replace(episode, support_x=episode.support_x.double(), query_x=episode.query_x.double())
-    config = dataclasses.replace(SMALL, feature_steps=3)
-    eager = icfil_calibrate(model, state, episode, config, 5, torch.Generator().manual_seed(4))
-    for _ in range(2):
-        compiled = icfil_calibrate(model, state, episode, config, 5, torch.Generator().manual_seed(4), compile=True)
-        for name, value in eager.params.items():
-            assert torch.allclose(compiled.params[name], value, rtol=0, atol=1e-9), name
-        if eager.prototypes is not None:
-            assert torch.allclose(compiled.prototypes, eager.prototypes, rtol=0, atol=1e-9)
-    assert sorted(key[0] for key in calibration._COMPILED_LOSSES) == ["features", "inversion"]
-    assert _changed(state.params, compiled.params)  # the steps moved the parameters

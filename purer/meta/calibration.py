@@ -167,10 +167,8 @@ def support_bn_loss(stats: list[BNStats], targets: list[BNStats]) -> torch.Tenso
 
 
 InversionLoss = Callable[[Params, torch.Tensor | None, torch.Tensor, torch.Tensor], torch.Tensor]
-FeatureLoss = Callable[[Params, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-# compiled inversion and feature-calibration losses by (step, architecture, settings): the episodes of one
-# meta-test share them
-_COMPILED_LOSSES: dict[tuple, Callable] = {}
+# compiled inversion losses by (architecture, classifier kind, weights): the episodes of one meta-test share one
+_COMPILED_LOSSES: dict[tuple, InversionLoss] = {}
 
 
 def inversion_loss(model: nn.Module, config: IcfilConfig) -> InversionLoss:
@@ -194,22 +192,17 @@ def compiled_inversion_loss(model: nn.Module, config: IcfilConfig, prototypes: b
 
     The jitter (a data-dependent roll) stays outside, in eager mode: inside, each shift would be a new graph.
     """
+    key = (repr(model), prototypes, config.tv_weight, config.l2_weight)
+    shareable = not any(True for _ in model.buffers())
+    if shareable and key in _COMPILED_LOSSES:
+        return _COMPILED_LOSSES[key]
     plain = inversion_loss(model, config)
 
     def loss(params: Params, prototypes: torch.Tensor | None, jittered: torch.Tensor,
              labels: torch.Tensor) -> torch.Tensor:
         return plain(params, prototypes, jittered.contiguous(memory_format=torch.channels_last), labels)
 
-    return _compiled(model, ("inversion", repr(model), prototypes, config.tv_weight, config.l2_weight), loss)
-
-
-def _compiled(model: nn.Module, key: tuple, fn: Callable) -> Callable:
-    """``torch.compile(fn)``, shared through :data:`_COMPILED_LOSSES` under ``key`` by the models of one
-    architecture when ``model`` has no buffers (its parameters are all arguments of ``fn``)."""
-    shareable = not any(True for _ in model.buffers())
-    if shareable and key in _COMPILED_LOSSES:
-        return _COMPILED_LOSSES[key]
-    compiled = torch.compile(fn, dynamic=False)
+    compiled = torch.compile(loss, dynamic=False)
     if shareable:
         _COMPILED_LOSSES[key] = compiled
     return compiled
@@ -271,31 +264,6 @@ def feature_names(params: Params) -> list[str]:
     return [name for name in params if not name.startswith(HEAD_PREFIX)]
 
 
-def feature_loss(model: nn.Module, config: IcfilConfig) -> FeatureLoss:
-    """The feature-calibration objective ``(params, support_x, support_y, pseudo_x, pseudo_y) -> 0-d``:
-    :func:`calibration_loss` of the real and the pseudo support's features (two batches)."""
-    def loss(params: Params, support_x: torch.Tensor, support_y: torch.Tensor, pseudo_x: torch.Tensor,
-             pseudo_y: torch.Tensor) -> torch.Tensor:
-        return calibration_loss(features(model, params, support_x), support_y, features(model, params, pseudo_x),
-                                pseudo_y, config.temperature, config.symmetric)
-
-    return loss
-
-
-def compiled_feature_loss(model: nn.Module, config: IcfilConfig) -> FeatureLoss:
-    """:func:`feature_loss` as one ``torch.compile``-d graph (forward and backward), its images in
-    channels-last memory inside the graph; shared as :func:`compiled_inversion_loss`."""
-    plain = feature_loss(model, config)
-
-    def loss(params: Params, support_x: torch.Tensor, support_y: torch.Tensor, pseudo_x: torch.Tensor,
-             pseudo_y: torch.Tensor) -> torch.Tensor:
-        cl = torch.channels_last
-        return plain(params, support_x.contiguous(memory_format=cl), support_y,
-                     pseudo_x.contiguous(memory_format=cl), pseudo_y)
-
-    return _compiled(model, ("features", repr(model), config.temperature, config.symmetric), loss)
-
-
 def calibrate_features(
     model: nn.Module,
     params: Params,
@@ -304,14 +272,12 @@ def calibrate_features(
     pseudo_x: torch.Tensor,
     pseudo_y: torch.Tensor,
     config: IcfilConfig,
-    compile: bool = False,
 ) -> Params:
     """``feature_steps`` SGD steps (lr ``feature_lr``) on φ with :func:`calibration_loss`.
 
     Args:
         params: the adapted parameters (φ', W'); only φ changes.
         support_x: [S, C, H, W], support_y: [S]; pseudo_x: [P, C, H, W] (fixed), pseudo_y: [P].
-        compile: each step's loss and gradient as one compiled graph (:func:`compiled_feature_loss`).
 
     Returns:
         A new parameter dict (detached) with calibrated φ and the same W.
@@ -319,11 +285,15 @@ def calibrate_features(
     names = feature_names(params)
     params = {name: p.detach() for name, p in params.items()}
     pseudo_x = pseudo_x.detach()
-    objective = compiled_feature_loss(model, config) if compile else feature_loss(model, config)
     with torch.enable_grad():
         for _ in range(config.feature_steps):
             fast = {name: params[name].requires_grad_(True) for name in names}
-            loss = objective(params | fast, support_x, support_y, pseudo_x, pseudo_y)
+            current = params | fast
+            loss = calibration_loss(
+                features(model, current, support_x), support_y,
+                features(model, current, pseudo_x), pseudo_y,
+                config.temperature, config.symmetric,
+            )
             grads = torch.autograd.grad(loss, [fast[name] for name in names])
             params = params | {n: (fast[n] - config.feature_lr * g).detach() for n, g in zip(names, grads, strict=True)}
     return params
@@ -390,8 +360,7 @@ def icfil_calibrate(
         config: ICFIL settings.
         n_way: classes of the episode.
         generator: the episode's ICFIL generator (initialisation and jitter).
-        compile: run the inversion's and the feature calibration's steps as compiled graphs
-            (:func:`invert_adapted_model`, :func:`calibrate_features`).
+        compile: run the inversion's steps as a compiled graph (:func:`invert_adapted_model`).
 
     Returns:
         The calibrated state (detached); for ProtoNet, prototypes recomputed from the calibrated
@@ -399,7 +368,7 @@ def icfil_calibrate(
     """
     support_x, support_y = episode.support_x, episode.support_y
     pseudo_x, pseudo_y = invert_adapted_model(model, state, support_x, n_way, config, generator, compile)
-    params = calibrate_features(model, state.params, support_x, support_y, pseudo_x, pseudo_y, config, compile)
+    params = calibrate_features(model, state.params, support_x, support_y, pseudo_x, pseudo_y, config)
     if state.prototypes is not None:
         with torch.no_grad():
             prototypes = class_prototypes(features(model, params, support_x), support_y)
