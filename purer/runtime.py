@@ -9,7 +9,7 @@ ever sees concrete values and ``config.resolved.yaml`` records what ran. The rul
 measurements in benchmarks/README.md:
 
 - ``precision: auto`` is ``bf16`` only where the hardware computes bf16 natively and it paid off
-  there. On a CPU that is AVX-512 BF16 or AMX (elsewhere, e.g. an AVX2-only CPU, bf16 is emulated and
+  there. On a CPU that means AVX-512 BF16 or AMX (elsewhere, e.g. an AVX2-only CPU, bf16 is emulated and
   was 2.5x *slower* than fp32). On a CUDA GPU it is teacher pre-training only (``step="pool"``): on
   an H200 the meta-iteration's small Conv4 kernels ran no faster in bf16 (compiled; 20% slower
   eager), so meta-training and meta-testing stay in the exact fp32, while ResNet-18 teachers at
