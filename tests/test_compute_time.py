@@ -84,3 +84,11 @@ def test_times_read_as_hours_minutes_seconds():
 def test_nothing_finished_reads_as_such(config):
     rows = compute_rows(config)
     assert rows.empty and compute_markdown(rows) == "No run has a recorded time yet."
+
+
+def test_a_malformed_summary_is_one_clear_error(config):
+    from purer.errors import DataError
+
+    _write(paths.run_dir(config, "ei-t", 5, 0) / "summary.json", "{not json")
+    with pytest.raises(DataError, match=r"run summary .*summary.json is not readable JSON"):
+        compute_rows(config)

@@ -22,7 +22,6 @@ Pure Python and pandas: no torch.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -33,18 +32,18 @@ from purer import paths
 from purer.config import ExperimentConfig
 from purer.grid import grid_runs
 from purer.io import write_text
-from purer.report.aggregate import read_jsonl
+from purer.report.aggregate import read_json, read_jsonl
 from purer.variants import grid_variants
 
 COLUMNS = ["run", "n_shot", "seed", "stage", "seconds", "estimated"]
 TRAINING, VALIDATION, TEST = "meta-training", "validation", "meta-test"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def _read_json(path: Path, what: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None if there is no such file (a malformed one is a DataError)."""
+    if not path.is_file():
         return None
+    value = read_json(path, what)
     return value if isinstance(value, dict) else None
 
 
@@ -72,12 +71,12 @@ def compute_rows(config: ExperimentConfig) -> pd.DataFrame:
     rows = []
     for name, n_shot, seed in grid_runs(config):
         run = paths.run_dir(config, name, n_shot, seed)
-        summary = _read_json(run / "summary.json")
+        summary = _read_json(run / "summary.json", "run summary")
         if summary is not None and "seconds" in summary:
             rows += [(name, n_shot, seed, stage, s, est) for stage, s, est in training_rows(run, summary)]
         for dataset in config.test_datasets:
             for variant in grid_variants(config, name):
-                metrics = _read_json(paths.test_dir(run, dataset, variant) / "metrics.json") or {}
+                metrics = _read_json(paths.test_dir(run, dataset, variant) / "metrics.json", "meta-test metrics") or {}
                 seconds = metrics.get("seconds_all_checkpoints", metrics.get("seconds_total"))
                 if isinstance(seconds, (int, float)):
                     stage = f"{TEST} {variant}" if len(config.test_datasets) == 1 else f"{TEST} {dataset}/{variant}"
