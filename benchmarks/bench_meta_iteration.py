@@ -119,6 +119,7 @@ VARIANTS = {
     "+fused_bn_stats": replace(REFERENCE, authors_hooks=False),
     "+retain_malloc": replace(REFERENCE, retain_malloc=True),  # purer's recording instead of copy + hooks
     "trainer-fp32": TRAINER,
+    "trainer-bf16": replace(TRAINER, precision="bf16"),  # eager bf16 (the GPU table's comparison)
     "optimised": None,  # BEST[device type]
     "optimised-fp32": None,  # BEST in fp32 (the accuracy baseline of bf16)
     "optimised-bf16": None,  # BEST in bf16 (emulated, and slow, on CPUs without native bf16)
@@ -135,9 +136,9 @@ PRESETS = {
                                   "optimised", "optimised-vmap", "optimised+subsample4")],
     "extra": [("t13", v) for v in ("+episode_vmap",)],
     # Most telling first: a run stopped by its time limit keeps what it measured.
-    "gpu": [("t13", v) for v in ("reference", "trainer-fp32", "optimised-no_compile", "+resident",
+    "gpu": [("t13", v) for v in ("reference", "trainer-fp32", "trainer-bf16", "+resident",
                                  "+episode_backward", "+vmap")]
-    + [("t13_84px", v) for v in ("reference", "trainer-fp32", "optimised-no_compile")]
+    + [("t13_84px", v) for v in ("reference", "trainer-fp32", "trainer-bf16")]
     + [("mixed", "reference"), ("mixed", "trainer-fp32"), ("t32", "trainer-fp32"), ("t100", "trainer-fp32")]
     + [("t13", "optimised"), ("t13_84px", "optimised"), ("t13", "optimised-bf16"),
        ("t13", "optimised-loop")],  # compiled ones last, the loop's slow compilation last of all
@@ -190,7 +191,8 @@ def auto_best(device: str) -> Variant:
     """``optimised``: the trainer's code path with the settings ``auto`` picks here (purer/runtime.py).
 
     On CPU: bf16 only where the CPU computes it natively, compile (and channels-last with it) where
-    a C++ compiler exists; on CUDA: fp32 (bf16 was no faster there), channels-last and compile. A benchmark stands for a long run, so the run-length rule is not applied.
+    a C++ compiler exists; on CUDA: fp32 (bf16 was no faster there), channels-last and compile.
+    A benchmark stands for a long run, so the run-length rule is not applied.
     """
     machine = describe_machine(device)
     if machine.device_type != "cpu":

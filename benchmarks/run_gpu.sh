@@ -6,8 +6,9 @@
 # Installs nothing: it needs a Python with torch (CUDA), pyyaml, pillow and tqdm (PYTHON, default
 # python3) and runs the package from this checkout (PYTHONPATH). Writes under $OUT (default
 # benchmarks/results): gpu_info.txt, meta_iteration_cuda.csv (+ _limits.csv), meta_iteration_cuda.md,
-# pretrain_cuda.csv, pretrain_cuda.md, icfil_cuda.csv and icfil_cuda.md. Each benchmark has its own time limit; the meta-iteration
-# CSV is rewritten after every configuration, so a run stopped by its limit keeps what it measured.
+# pretrain_cuda.csv, pretrain_cuda.md, icfil_cuda.csv and icfil_cuda.md. Each benchmark has its own
+# time limit; the meta-iteration CSV is rewritten after every configuration, so a run stopped by its
+# limit keeps what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
