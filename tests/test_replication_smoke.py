@@ -24,7 +24,9 @@ ARMS = {
 }
 
 
-def smoke_config(seeds: tuple[int, ...] = (0, 1), icfil_methods: tuple[str, ...] = ("random", "average", "ei", "purer")) -> dict:
+def smoke_config(
+    seeds: tuple[int, ...] = (0, 1), icfil_methods: tuple[str, ...] = ("random", "average", "ei", "purer")
+) -> dict:
     """The micro glyphs pipeline with the replication's arms: random, average, EI (equal and
     triangular weights), PURER at parity and a two-value strength sweep, ICFIL (and its noise
     control) for ``icfil_methods`` (default: every method, as the study)."""

@@ -50,8 +50,7 @@ def test_a_long_meta_test_compiles_even_after_a_short_meta_training():
     short = auto_config(iterations=100)  # 600 test episodes (the default)
     assert speed(resolve_speed_settings(short, AVX2_CPU, step="meta_test")) == ("fp32", True, True)
     assert speed(resolve_speed_settings(short, AVX2_CPU)) == ("fp32", False, False)  # meta-training: too short
-    few = load_config(None, ["meta_train.iterations=100", "meta_test.episodes=299",
-                             "precision=auto", "channels_last=auto", "compile=auto"])
+    few = dataclasses.replace(short, meta_test=dataclasses.replace(short.meta_test, episodes=299))
     assert speed(resolve_speed_settings(few, AVX2_CPU, step="meta_test")) == ("fp32", False, False)
     assert speed(resolve_speed_settings(short, NO_COMPILER_CPU, step="meta_test")) == ("fp32", False, False)
 
