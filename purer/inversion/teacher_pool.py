@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from purer.compiler import compile_graph
 from purer.config import InversionConfig
 from purer.errors import ConfigError
 from purer.inversion.dataset import Domain, DynamicDataset
@@ -322,9 +323,8 @@ class ResidentPool:
         key = (slot, config)
         if key not in self._compiled:
             base = self.modules[self.groups[slot].members[0]]
-            self._compiled[key] = torch.compile(
-                partial(_functional_loop_terms, base, config, self.precision, self.channels_last),
-                dynamic=False,
+            self._compiled[key] = compile_graph(
+                partial(_functional_loop_terms, base, config, self.precision, self.channels_last)
             )
             logger.info("compiling the inversion loss of teacher group %d (once per run)", slot)
         module = self.modules[position]

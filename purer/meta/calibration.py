@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from purer.compiler import compile_graph
 from purer.config import IcfilConfig
 from purer.inversion.losses import bn_matching, draw_shifts, l2_prior, roll, roll_jitter, total_variation
 from purer.meta.learners import AdaptedState, Episode, Params, class_prototypes, features, prototype_logits
@@ -202,7 +203,7 @@ def compiled_inversion_loss(model: nn.Module, config: IcfilConfig, prototypes: b
              labels: torch.Tensor) -> torch.Tensor:
         return plain(params, prototypes, jittered.contiguous(memory_format=torch.channels_last), labels)
 
-    compiled = torch.compile(loss, dynamic=False)
+    compiled = compile_graph(loss)
     if shareable:
         _COMPILED_LOSSES[key] = compiled
     return compiled

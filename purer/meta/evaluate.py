@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
+from purer.compiler import compile_graph
 from purer.data.cache import SplitData
 from purer.data.episodes import EpisodeSet, materialise
 from purer.meta.learners import AdaptedState, Episode, GradientLearner, Params, ProtoNet, logits
@@ -209,7 +210,7 @@ def episode_accuracy_fn(learner: GradientLearner, model: nn.Module, inner_steps:
                                       query_x).argmax(dim=1)
         return (predictions == query_y).float().mean() * 100.0
 
-    compiled = torch.compile(accuracy, dynamic=False)
+    compiled = compile_graph(accuracy)
     if not any(True for _ in model.buffers()):
         _COMPILED[key] = compiled
     return compiled

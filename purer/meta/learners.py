@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from purer.compiler import compile_graph
 from purer.data.episodes import Episode
 from purer.errors import ConfigError
 
@@ -193,7 +194,7 @@ def episode_loss_fn(
     The first call per episode shape pays the compilation.
     """
     fn = partial(_episode_from_tensors, learner, model, steps, channels_last)
-    return torch.compile(fn, dynamic=False) if compile else fn
+    return compile_graph(fn) if compile else fn
 
 
 def _episode_from_tensors(
