@@ -214,6 +214,8 @@ KINDS = (  # (kind, test on an event name), first match wins
      lambda n: n.startswith("graph_") and any(k in n for k in ("mean", "norm", "sum", "_native_batch_norm_legit_"))),
     ("compiled: other element-wise", lambda n: n.startswith("graph_")),
     ("max-pool backward scatter (aten)", lambda n: n == "aten::scatter_reduce_"),
+    ("max-pool (ATen kernels, purer.compiler)",
+     lambda n: n in ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward")),
     ("fused Adam", lambda n: n == "aten::_fused_adam_"),
 )
 

@@ -21,7 +21,7 @@ What it does, in order:
    the ``sys.path`` entries that ``PYTHONPATH`` puts first. Before the run, the interpreter of the ``purer``
    command imports ``purer`` in that environment and the script refuses to go on unless it comes from the
    clone. The compile cache is the machine's, as a user has it (:func:`purer.runtime.compile_cache_dir`,
-   ``~/.cache/purer/torchinductor/<torch>-<CPU hash>-<kernel choices>`` unless ``$TORCHINDUCTOR_CACHE_DIR`` is set); whether
+   ``~/.cache/purer/torchinductor/<torch>-<CPU hash>`` unless ``$TORCHINDUCTOR_CACHE_DIR`` is set); whether
    it held anything before is printed and written, since a warm cache skips compilations. ``--cold-cache``
    points ``$TORCHINDUCTOR_CACHE_DIR`` (which purer honours) at an empty temporary folder instead.
 3. **Per-rule times.** From Snakemake's own log of the run (``.snakemake/log/*.snakemake.log``): each job

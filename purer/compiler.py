@@ -11,8 +11,11 @@ unchanged (AOT autograd still differentiates ``max_pool2d_with_indices`` with AT
 second-order MAML through the pooling stays exact). CUDA graphs keep inductor's own kernels.
 
 The switch edits two of inductor's tables (decompositions and lowerings) for these operators only,
-on CPU tensors only; it is applied once per process, before the first compilation. Where this torch
-does not have those tables in the expected form, compilation goes on with inductor's defaults and a
+on CPU tensors only; it is applied once per process, before the first compilation. Inductor's on-disk
+caches do not see such edits: a graph compiled and cached by a process without the switch (an older
+purer, a benchmark of it) would be loaded as it was. So the switch also installs an empty
+post-grad pass whose ``uuid`` (:data:`KERNEL_CHOICES`) enters every cache key. Where this torch does
+not have those tables in the expected form, compilation goes on with inductor's defaults and a
 warning says so (slower, same values).
 """
 
@@ -25,9 +28,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# part of the compile cache's folder name (purer.runtime.compile_cache_dir): graphs compiled with other
-# kernel choices (an older purer) must not be loaded from, or saved into, the same cache
-KERNEL_CHOICES = "nativepool1"
+# enters inductor's cache keys: graphs compiled with other kernel choices are not loaded
+KERNEL_CHOICES = "purer-native-max-pool-1"
 
 _STATE: dict[str, bool] = {}
 
@@ -38,7 +40,9 @@ def native_max_pool_on_cpu() -> bool:
     if "native_max_pool" in _STATE:
         return _STATE["native_max_pool"]
     try:
+        import torch._inductor.config as inductor_config
         from torch._inductor import decomposition, lowering
+        from torch._inductor.custom_graph_pass import CustomGraphPass
 
         aten = torch.ops.aten
         ops = (aten.max_pool2d_with_indices.default, aten.max_pool2d_with_indices_backward.default)
@@ -49,12 +53,30 @@ def native_max_pool_on_cpu() -> bool:
                        "this torch %s lacks the expected tables (%s)", torch.__version__, error)
         _STATE["native_max_pool"] = False
         return False
+    if inductor_config.post_grad_custom_post_pass is not None:
+        logger.warning("compiled max-pooling keeps inductor's own CPU kernels (slower, same values): "
+                       "inductor's post_grad_custom_post_pass is taken (%r)", inductor_config.post_grad_custom_post_pass)
+        _STATE["native_max_pool"] = False
+        return False
     for op, (decompose, lower), fallback in zip(ops, tables, fallbacks):
         decomposition.decompositions[op] = _unless_cpu_decomposition(decompose)
         lowering.lowerings[op] = _cpu_fallback_lowering(lower, fallback)
+    inductor_config.post_grad_custom_post_pass = _cache_key_pass(CustomGraphPass)
     _STATE["native_max_pool"] = True
     logger.debug("compiled max-pooling calls ATen's CPU kernels")
     return True
+
+
+def _cache_key_pass(base: type) -> Any:
+    """A post-grad pass that changes nothing; its ``uuid`` keys inductor's caches by the kernel choices."""
+    class KernelChoicesKey(base):  # type: ignore[misc, valid-type]
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            return None
+
+        def uuid(self) -> str:
+            return KERNEL_CHOICES
+
+    return KernelChoicesKey()
 
 
 def _unless_cpu_decomposition(decompose: Callable[..., Any]) -> Callable[..., Any]:

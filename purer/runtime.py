@@ -34,9 +34,8 @@ Every step also calls :func:`configure_process` before it computes:
   more busy threads than cores, compilation included.
 - **Compile cache.** TorchInductor's on-disk caches (FX graph, AOT autograd and kernel caches) live in one
   folder per machine and user, shared by every job: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else
-  ``$XDG_CACHE_HOME/purer/torchinductor/<torch version>-<CPU hash>-<kernel choices>`` (``~/.cache/...``;
-  one folder per kind of CPU, so cluster nodes with a shared home never load kernels built for another
-  CPU, and per set of :mod:`purer.compiler` kernel choices). The first job with given
+  ``$XDG_CACHE_HOME/purer/torchinductor/<torch version>-<CPU hash>`` (``~/.cache/...``; one folder per
+  kind of CPU, so cluster nodes with a shared home never load kernels built for another CPU). The first job with given
   shapes pays the compilation; later jobs (the other teachers, shots, seeds, runs) load the compiled
   code and pay only tracing (benchmarks/README.md). torch's own default (``/tmp/torchinductor_<user>``)
   is often private to a job on clusters and wiped on reboots.
@@ -55,7 +54,6 @@ from pathlib import Path
 
 import torch
 
-from purer.compiler import KERNEL_CHOICES
 from purer.config import ExperimentConfig
 from purer.errors import ConfigError
 
@@ -211,15 +209,14 @@ def job_threads(environ: dict[str, str] | None = None) -> int | None:
 
 
 def machine_tag() -> str:
-    """``<torch version>-<12 hex digits>-<kernel choices>``: the digits hash the CPU model and feature flags.
+    """``<torch version>-<12 hex digits>``: the digits hash the CPU model and feature flags.
 
     Compiled CPU kernels are built with ``-march=native``; a home folder shared by cluster nodes of
     different CPUs must not hand one node's kernels to another, so each kind of CPU (and torch
-    version) gets its own cache folder, while identical nodes share one. The last part
-    (:data:`purer.compiler.KERNEL_CHOICES`) keeps graphs compiled with other kernel choices apart.
+    version) gets its own cache folder, while identical nodes share one.
     """
     digest = hashlib.sha256("\n".join([cpu_model(), *sorted(cpu_flags())]).encode()).hexdigest()[:12]
-    return f"{torch.__version__.replace('+', '_')}-{digest}-{KERNEL_CHOICES}"
+    return f"{torch.__version__.replace('+', '_')}-{digest}"
 
 
 def compile_cache_dir(environ: dict[str, str] | None = None) -> Path:

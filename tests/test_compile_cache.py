@@ -26,10 +26,7 @@ def test_each_kind_of_cpu_and_torch_gets_its_own_folder(monkeypatch):
     from purer import runtime
 
     tag = runtime.machine_tag()
-    from purer.compiler import KERNEL_CHOICES
-
-    assert re.fullmatch(r"[0-9A-Za-z._]+-[0-9a-f]{12}-" + KERNEL_CHOICES, tag)
-    assert tag.startswith(torch.__version__.replace("+", "_"))
+    assert re.fullmatch(r"[0-9A-Za-z._]+-[0-9a-f]{12}", tag) and tag.startswith(torch.__version__.replace("+", "_"))
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     assert runtime.machine_tag() != tag
 

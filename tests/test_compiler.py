@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import torch
@@ -11,7 +14,6 @@ from torch.func import functional_call
 
 from purer import compiler
 from purer.models.backbones import Conv4
-from purer.runtime import machine_tag
 
 
 def _conv4_and_batch(dtype: torch.dtype) -> tuple[Conv4, dict, torch.Tensor, torch.Tensor]:
@@ -83,5 +85,42 @@ def test_missing_tables_leave_inductor_defaults_with_a_warning(monkeypatch, capl
     assert "keeps inductor's own CPU kernels" in caplog.text
 
 
-def test_compile_cache_folder_names_the_kernel_choices():
-    assert machine_tag().endswith("-" + compiler.KERNEL_CHOICES)
+_CACHED_GRAPH = """
+import sys, torch, torch.nn.functional as F
+from purer import compiler
+torch.manual_seed(0)
+weight, x = torch.randn(4, 3, 3, 3), torch.randn(6, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+def image_gradient(weight, x):
+    return torch.func.grad(lambda image: F.max_pool2d(F.conv2d(image, weight, padding=1), 2).square().sum())(x)
+compiled = compiler.compile_graph(image_gradient) if sys.argv[1] == "switch" else torch.compile(image_gradient)
+compiled(weight, x)
+with torch.profiler.profile() as profile:
+    compiled(weight, x)
+print(sorted({e.name for e in profile.events() if e.name.startswith("aten::max_pool2d")}))
+"""
+
+
+def test_a_graph_cached_without_the_switch_is_not_reused(tmp_path):
+    """Same function, same shapes, one shared compile cache: the process without the switch fills
+    it first; the process with the switch must still reach ATen's kernels (its cache key differs)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    script = tmp_path / "graph.py"
+    script.write_text(_CACHED_GRAPH)
+
+    def run(mode: str) -> str:
+        done = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
+                              timeout=600, check=True)
+        return done.stdout.strip().splitlines()[-1]
+
+    assert run("plain") == "[]"
+    assert run("switch") == "['aten::max_pool2d_with_indices', 'aten::max_pool2d_with_indices_backward']"
+
+
+def test_a_taken_post_grad_pass_leaves_inductor_defaults_with_a_warning(monkeypatch, caplog):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(compiler, "_STATE", {})
+    monkeypatch.setattr(inductor_config, "post_grad_custom_post_pass", object())
+    with caplog.at_level(logging.WARNING, logger="purer.compiler"):
+        assert compiler.native_max_pool_on_cpu() is False
+    assert "post_grad_custom_post_pass is taken" in caplog.text
