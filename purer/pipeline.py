@@ -28,7 +28,7 @@ REPORT_ORDER = ("random", "average", "ei", "purer")  # baselines first, the meth
 # Modules every step runs; an edit to one of them is an infrastructure change (not a code input).
 SHARED_MODULES = (
     "pipeline.py", "config.py", "errors.py", "io.py", "outputs.py", "paths.py", "manual.py", "seeding.py", "runinfo.py",
-    "runtime.py", "tracking.py", "hostmem.py", "cli/common.py", "cli/main.py",
+    "runtime.py", "compiler.py", "tracking.py", "hostmem.py", "cli/common.py", "cli/main.py",
 )
 
 # Package modules each step runs (paths under purer/), beyond SHARED_MODULES.

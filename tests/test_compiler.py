@@ -120,7 +120,7 @@ def test_a_taken_post_grad_pass_leaves_inductor_defaults_with_a_warning(monkeypa
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(compiler, "_STATE", {})
-    monkeypatch.setattr(inductor_config, "post_grad_custom_post_pass", object())
-    with caplog.at_level(logging.WARNING, logger="purer.compiler"):
+    with inductor_config.patch(post_grad_custom_post_pass=object()), \
+            caplog.at_level(logging.WARNING, logger="purer.compiler"):
         assert compiler.native_max_pool_on_cpu() is False
     assert "post_grad_custom_post_pass is taken" in caplog.text

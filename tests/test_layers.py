@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "purer"
 # Lowest first. A module may import modules of its own layer (without a circle) and of lower layers.
 LAYERS = (
     ("base", ("errors", "config", "io", "seeding", "tracking", "hostmem", "statistics", "paths", "variants",
-              "runtime", "outputs", "runinfo", "pipeline", "arms", "grid", "manual", "purer")),
+              "runtime", "compiler", "outputs", "runinfo", "pipeline", "arms", "grid", "manual", "purer")),
     ("data", ("data",)),
     ("models", ("models",)),
     ("inversion", ("inversion",)),
