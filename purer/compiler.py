@@ -8,7 +8,7 @@ benchmarks/README.md, "CPU without native bf16"). :func:`native_max_pool_on_cpu`
 call ATen's own CPU kernels for these two operators instead (the kernels eager mode runs, vectorised
 and channels-last aware). The values are those of eager mode exactly; the graph's autograd is
 unchanged (AOT autograd still differentiates ``max_pool2d_with_indices`` with ATen's formulas, so
-second-order MAML through the pooling stays exact). CUDA graphs keep inductor's own kernels.
+second-order MAML through the pooling stays exact). On CUDA, inductor's own kernels stay.
 
 The switch edits two of inductor's tables (decompositions and lowerings) for these operators only,
 on CPU tensors only; it is applied once per process, before the first compilation. Inductor's on-disk
@@ -22,7 +22,8 @@ warning says so (slower, same values).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -55,10 +56,11 @@ def native_max_pool_on_cpu() -> bool:
         return False
     if inductor_config.post_grad_custom_post_pass is not None:
         logger.warning("compiled max-pooling keeps inductor's own CPU kernels (slower, same values): "
-                       "inductor's post_grad_custom_post_pass is taken (%r)", inductor_config.post_grad_custom_post_pass)
+                       "inductor's post_grad_custom_post_pass is taken (%r)",
+                       inductor_config.post_grad_custom_post_pass)
         _STATE["native_max_pool"] = False
         return False
-    for op, (decompose, lower), fallback in zip(ops, tables, fallbacks):
+    for op, (decompose, lower), fallback in zip(ops, tables, fallbacks, strict=True):
         decomposition.decompositions[op] = _unless_cpu_decomposition(decompose)
         lowering.lowerings[op] = _cpu_fallback_lowering(lower, fallback)
     inductor_config.post_grad_custom_post_pass = _cache_key_pass(CustomGraphPass)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from eval_helpers import tiny_model, tiny_split
 
 from purer.config import IcfilConfig
-from purer.meta import calibration
 from purer.data.episodes import fixed_episodes, materialise
+from purer.meta import calibration
 from purer.meta.calibration import (
     calibrate_features,
     calibrate_head,

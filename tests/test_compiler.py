@@ -59,7 +59,7 @@ def test_second_order_maml_through_compiled_pooling_equals_eager(monkeypatch, tm
 
     eager = torch.autograd.grad(query_loss(params), list(params.values()))
     compiled = torch.autograd.grad(compiler.compile_graph(query_loss)(params), list(params.values()))
-    for name, a, b in zip(params, eager, compiled):
+    for name, a, b in zip(params, eager, compiled, strict=True):
         assert a.abs().max() > 0, name
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
 
