@@ -50,16 +50,10 @@ def native_max_pool_on_cpu() -> bool:
         tables = [(decomposition.decompositions[op], lowering.lowerings[op]) for op in ops]
         fallbacks = [lowering.fallback_handler(op, add_to_fallback_set=False) for op in ops]
     except (ImportError, AttributeError, KeyError, TypeError) as error:
-        logger.warning("compiled max-pooling keeps inductor's own CPU kernels (slower, same values): "
-                       "this torch %s lacks the expected tables (%s)", torch.__version__, error)
-        _STATE["native_max_pool"] = False
-        return False
+        return _keep_inductor_kernels(f"this torch {torch.__version__} lacks the expected tables ({error})")
     if inductor_config.post_grad_custom_post_pass is not None:
-        logger.warning("compiled max-pooling keeps inductor's own CPU kernels (slower, same values): "
-                       "inductor's post_grad_custom_post_pass is taken (%r)",
-                       inductor_config.post_grad_custom_post_pass)
-        _STATE["native_max_pool"] = False
-        return False
+        return _keep_inductor_kernels(
+            f"inductor's post_grad_custom_post_pass is taken ({inductor_config.post_grad_custom_post_pass!r})")
     for op, (decompose, lower), fallback in zip(ops, tables, fallbacks, strict=True):
         decomposition.decompositions[op] = _unless_cpu_decomposition(decompose)
         lowering.lowerings[op] = _cpu_fallback_lowering(lower, fallback)
@@ -67,6 +61,13 @@ def native_max_pool_on_cpu() -> bool:
     _STATE["native_max_pool"] = True
     logger.debug("compiled max-pooling calls ATen's CPU kernels")
     return True
+
+
+def _keep_inductor_kernels(reason: str) -> bool:
+    """Leave inductor's tables alone, say why once; returns False (the switch is not in effect)."""
+    logger.warning("compiled max-pooling keeps inductor's own CPU kernels (slower, same values): %s", reason)
+    _STATE["native_max_pool"] = False
+    return False
 
 
 def _cache_key_pass(base: type) -> Any:

@@ -16,18 +16,15 @@ from purer import compiler
 from purer.models.backbones import Conv4
 
 
-def _conv4_and_batch(dtype: torch.dtype) -> tuple[Conv4, dict, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = Conv4(num_classes=5, image_size=16, width=8, running_stats=False).to(dtype)
-    x = torch.randn(10, 3, 16, 16, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    return model, dict(model.named_parameters()), x, torch.arange(10) % 5
-
-
 def test_compiled_max_pool_calls_the_aten_cpu_kernels(monkeypatch, tmp_path):
     """Without the switch inductor replaces both operators (no ATen call in the profile). An empty
     compile cache: a graph cached by a process without the switch would hide it."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    model, params, x, y = _conv4_and_batch(torch.float32)
+    torch.manual_seed(0)
+    model = Conv4(num_classes=5, image_size=16, width=8, running_stats=False)
+    params = dict(model.named_parameters())
+    x = torch.randn(10, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(10) % 5
 
     def image_gradient(params: dict, x: torch.Tensor) -> torch.Tensor:
         return torch.func.grad(lambda image: F.cross_entropy(functional_call(model, params, image), y))(x)
@@ -59,6 +56,7 @@ def test_second_order_maml_through_compiled_pooling_equals_eager(monkeypatch, tm
 
     eager = torch.autograd.grad(query_loss(params), list(params.values()))
     compiled = torch.autograd.grad(compiler.compile_graph(query_loss)(params), list(params.values()))
+    assert compiler.native_max_pool_on_cpu()  # the switched path is the one compared
     for name, a, b in zip(params, eager, compiled, strict=True):
         assert a.abs().max() > 0, name
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
