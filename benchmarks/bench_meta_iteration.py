@@ -29,7 +29,10 @@ classes, 13 Conv4 teachers of width 32, the last with 4 classes).
 Each (scenario, variant) runs in its own subprocess: peak memory is the growth of ``ru_maxrss``
 (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA). ``--limits`` also measures the practical
 FLOP rate of the same layers at a large batch: the convolutions alone, and whole Conv4 blocks
-(convolution, BatchNorm, ReLU, max-pool).
+(convolution, BatchNorm, ReLU, max-pool); ``--limits-only`` measures only those, and
+``--limit-batch``/``--limit-sizes``/``--limit-precisions`` choose what (bf16 rows are slow where bf16 is
+emulated). Each row also counts the useful FLOPs of the meta step (``meta_gflop``: 4 second-order
+MAML episodes, forward and backward) and its rate (``meta_gflops``).
 
     python benchmarks/bench_meta_iteration.py --device cpu --threads 2 --configs main
     python benchmarks/bench_meta_iteration.py --device cuda --configs main,scaling --limits
@@ -149,7 +152,7 @@ PRESETS = {
 FIELDS = [
     "device", "scenario", "variant", "teachers", "architectures", "size", "images", "threads", "iters",
     "median_s", "p10_s", "p90_s", "data_s", "meta_s", "images_per_s", "data_s_per_teacher",
-    "useful_gflop", "achieved_gflops", "peak_mem_mb", "first_iter_s", "load_before", "load_after",
+    "useful_gflop", "achieved_gflops", "meta_gflop", "meta_gflops", "peak_mem_mb", "first_iter_s", "load_before", "load_after",
     "cpu_model", "cpu_flags", "precision", "channels_last", "compile",
 ]  # fmt: skip
 N_WAY, N_SHOT, N_QUERY, SPC, META_BATCH = 5, 1, 15, 16, 4
@@ -164,11 +167,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", default="main",
                         help=f"comma-separated presets {sorted(PRESETS)} or scenario:variant pairs")
     parser.add_argument("--limits", action="store_true", help="also measure the practical FLOP rate")
+    parser.add_argument("--limits-only", action="store_true",
+                        help="measure only the practical FLOP rate (no meta-iterations; CSV <tag>_limits)")
     parser.add_argument("--limit-batch", type=int, default=1024, help="batch of the --limits measurement")
+    parser.add_argument("--limit-sizes", default="32,84", help="image sizes of the --limits measurement")
+    parser.add_argument("--limit-precisions", default="fp32,bf16",
+                        help="precisions of the --limits measurement (bf16 is emulated, and slow, without "
+                             "AVX-512 BF16 or AMX)")
     parser.add_argument("--tag", default=None, help="CSV name part (default: the --configs value)")
     parser.add_argument("--out", type=Path, default=None, help="CSV path (overrides --tag)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    precisions = args.limit_precisions.split(",")
+    if not set(precisions) <= {"fp32", "bf16"}:
+        parser.error(f"--limit-precisions: expected a comma-separated subset of fp32,bf16, got {args.limit_precisions!r}")
+    if not all(size.isdigit() and int(size) > 0 for size in args.limit_sizes.split(",")):
+        parser.error(f"--limit-sizes: expected comma-separated positive integers, got {args.limit_sizes!r}")
+    return args
 
 
 def resolve_configs(spec: str) -> list[tuple[str, str]]:
@@ -500,6 +515,26 @@ def useful_flops(bench: Bench) -> float:
     return total
 
 
+def meta_useful_flops(bench: Bench) -> float:
+    """Conv/linear FLOPs of one meta step: ``META_BATCH`` second-order MAML episodes, forward and
+    backward to the meta parameters (eager, uncompiled: the same work as every variant's step)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from purer.meta.learners import episode_loss_fn
+
+    st, mt = bench.state, bench.run.mt
+    fn = episode_loss_fn(st.learner, st.meta_model, mt.learner.inner_steps)
+    generator = torch.Generator(device=st.generators["episodes"].device).manual_seed(0)  # not the benchmark's draws
+    episode = st.data.sample_episode(mt.n_way, bench.run.n_shot, mt.n_query, generator, detach=True,
+                                     size=bench.run.spec.input_size, channels=bench.run.spec.channels)
+    params = list(st.params.values())
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = fn(st.params, episode.support_x, episode.support_y, episode.query_x, episode.query_y)
+        torch.autograd.grad(loss, params)
+    return counter.get_total_flops() * mt.meta_batch_size
+
+
 def conv_limits(args: argparse.Namespace) -> list[dict]:
     """Forward + input-backward GFLOP/s of Conv4 at a large batch (the practical limit).
 
@@ -514,9 +549,12 @@ def conv_limits(args: argparse.Namespace) -> list[dict]:
     from purer.models.backbones import build_backbone
 
     torch.set_num_threads(args.threads)
+    repeats = min(60, max(6, 6 * 1024 // args.limit_batch))  # about the same work per timing at any batch
     rows = []
-    for size in (32, 84):
-        for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)):
+    sizes = [int(size) for size in args.limit_sizes.split(",")]
+    precisions = [precision.strip() for precision in args.limit_precisions.split(",")]
+    for size in sizes:
+        for precision, channels_last in ((p, cl) for p in precisions for cl in (False, True)):
             model = build_backbone("conv4", 5, 3, size, running_stats=True, width=32).to(args.device).eval()
             model.requires_grad_(False)
             fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -533,7 +571,7 @@ def conv_limits(args: argparse.Namespace) -> list[dict]:
             with FlopCounterMode(display=False) as counter:
                 step()
             gflop = counter.get_total_flops() / 1e9
-            seconds = _repeat(step, 2, 6, args.device)
+            seconds = _repeat(step, 2, repeats, args.device)
             conv_seconds = 0.0
             side = size
             for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
@@ -547,7 +585,7 @@ def conv_limits(args: argparse.Namespace) -> list[dict]:
                     xl.grad = None
                     out.backward(torch.ones_like(out), inputs=[xl])
 
-                conv_seconds += _repeat(conv_step, 2, 6, args.device)
+                conv_seconds += _repeat(conv_step, 2, repeats, args.device)
                 side //= 2
             for layers, t in (("conv4 blocks", seconds), ("conv4 convs", conv_seconds)):
                 rows.append({"size": size, "layers": layers, "precision": precision, "channels_last": channels_last,
@@ -558,11 +596,13 @@ def conv_limits(args: argparse.Namespace) -> list[dict]:
 
 
 def matmul_limits(args: argparse.Namespace) -> list[dict]:
-    """GFLOP/s of a 2048³ matmul, fp32 and bf16 (the machine's arithmetic peak, roughly)."""
+    """GFLOP/s of a 2048³ matmul per ``--limit-precisions`` (the machine's arithmetic peak, roughly)."""
     import torch
 
     rows = []
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for precision in (p.strip() for p in args.limit_precisions.split(",")):
+        dtype = dtypes[precision]
         a = torch.randn(2048, 2048, device=args.device, dtype=dtype)
         seconds = _repeat(lambda a=a: a @ a, 2, 10, args.device)
         rows.append({"size": "", "layers": "matmul 2048", "precision": precision, "channels_last": "", "batch": "",
@@ -611,7 +651,7 @@ def time_config(args: argparse.Namespace, scenario_name: str, variant_name: str)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="purer-bench-") as tmp:
         bench = Bench(scenario, variant, args.device, Path(tmp))
-        flops = useful_flops(bench)
+        flops, meta_flops = useful_flops(bench), meta_useful_flops(bench)
         data_times, meta_times, first_s = [], [], None
         for index in range(1, args.warmup + args.iters + 1):
             data_s, meta_s = bench.iteration(index)
@@ -627,7 +667,9 @@ def time_config(args: argparse.Namespace, scenario_name: str, variant_name: str)
     flops *= min(used, len(bench.entries)) / len(bench.entries)
     row = summarise(args, scenario_name, variant_name, bench, threads, data_times, meta_times, flops, used, peak,
                     load_before)
-    return row | {"first_iter_s": round(first_s, 2)}
+    meta_s = statistics.median(meta_times)
+    return row | {"first_iter_s": round(first_s, 2), "meta_gflop": round(meta_flops / 1e9, 2),
+                  "meta_gflops": round(meta_flops / 1e9 / meta_s, 1)}
 
 
 def summarise(args, scenario_name, variant_name, bench, threads, data_times, meta_times, flops, used, peak,
@@ -663,17 +705,17 @@ def run_worker(argv: list[str], pair: tuple[str, str] | str) -> dict | list | No
 
 def markdown(rows: list[dict], reference: dict[str, float]) -> str:
     head = ("| scenario | variant | s/iter (median) | p10–p90 | data s | meta s | speed-up | images/s | "
-            "data s/teacher | GFLOP/s | peak MB | load |")
+            "data s/teacher | GFLOP/s | meta GFLOP/s | peak MB | load |")
     gpu = [describe_machine(r["device"]).name for r in rows[:1] if r["device"].startswith("cuda")]
     lines = [f"CPU: {cpu_model()}; flags: {machine_columns(REFERENCE)['cpu_flags']}", *(f"GPU: {g}" for g in gpu),
-             "", head, "|" + "---|" * 12]
+             "", head, "|" + "---|" * 13]
     for r in rows:
         ref = reference.get(r["scenario"])
         speedup = f"{ref / r['median_s']:.2f}×" if ref else "–"
         lines.append(
             f"| {r['scenario']} | {r['variant']} | {r['median_s']:.3f} | {r['p10_s']:.3f}–{r['p90_s']:.3f} | "
             f"{r['data_s']:.3f} | {r['meta_s']:.3f} | {speedup} | {r['images_per_s']:.0f} | "
-            f"{r['data_s_per_teacher']:.4f} | {r['achieved_gflops']:.1f} | {r['peak_mem_mb']:.0f} | "
+            f"{r['data_s_per_teacher']:.4f} | {r['achieved_gflops']:.1f} | {r['meta_gflops']:.1f} | {r['peak_mem_mb']:.0f} | "
             f"{r['load_before']:.1f}/{r['load_after']:.1f} |"
         )
     return "\n".join(lines)
@@ -681,6 +723,8 @@ def markdown(rows: list[dict], reference: dict[str, float]) -> str:
 
 def report_limits(argv: list[str], args: argparse.Namespace, rows: list[dict], out: Path) -> None:
     limits = run_worker(argv, "limits")
+    if not limits:
+        raise SystemExit("the --limits measurement failed (see stderr)")
     write_csv(out.with_name(out.stem + "_limits.csv"), limits, list(limits[0]))
     print("\n| size | layers | precision | channels_last | batch | GFLOP | s (median) | GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -688,7 +732,8 @@ def report_limits(argv: list[str], args: argparse.Namespace, rows: list[dict], o
         print(f"| {r['size']} | {r['layers']} | {r['precision']} | {r['channels_last']} | {r['batch']} | "
               f"{r['gflop']} | {r['median_s']} | {r['gflops']} |")
     for layers in ("conv4 blocks", "conv4 convs"):
-        best = {s: max(r["gflops"] for r in limits if r["size"] == s and r["layers"] == layers) for s in (32, 84)}
+        sizes = {r["size"] for r in limits if r["layers"] == layers}
+        best = {s: max(r["gflops"] for r in limits if r["size"] == s and r["layers"] == layers) for s in sizes}
         for r in rows:
             limit = best.get(r["size"])
             if limit and r["architectures"] == "conv4":
@@ -707,6 +752,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     tag = args.tag or args.configs.replace(",", "+").replace(":", "-")
     out = args.out or Path(__file__).parent / "results" / f"meta_iteration_{tag}_{args.device.replace(':', '')}.csv"
+    if args.limits_only:
+        report_limits(argv, args, [], out)
+        return
     rows, failed = [], []
     for pair in resolve_configs(args.configs):
         row = run_worker(argv, pair)
