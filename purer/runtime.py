@@ -61,8 +61,9 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 # compile: auto only pays off past this many meta-iterations (~30-45 s of compilation, saving
-# ~0.3-0.7 s per CPU meta-iteration at the 13-teacher benchmark settings).
-MIN_ITERATIONS_TO_COMPILE = 500
+# ~0.3-0.7 s per CPU meta-iteration at the 13-teacher benchmark settings). Measured to pay at 300 on
+# a cold compile cache, 1- and 5-shot (benchmarks/README.md, "Compile cache shared by all jobs").
+MIN_ITERATIONS_TO_COMPILE = 300
 # ... and a meta-test job past this many test episodes (its own graphs: the plain episode and ICFIL's
 # inversion step; ~20-40 s of compilation against 0.3-0.4 s saved per ICFIL episode and 2.7x per
 # plain episode, which best-on-test scores on every snapshot).

@@ -46,6 +46,13 @@ def test_short_runs_do_not_compile():
     assert speed(resolve_speed_settings(auto_config(iterations=100), GPU)) == ("fp32", True, False)
 
 
+def test_compilation_starts_at_300_meta_iterations():
+    # measured to pay for itself at 300 on a cold compile cache (benchmarks/README.md)
+    assert speed(resolve_speed_settings(auto_config(iterations=299), AVX2_CPU)) == ("fp32", False, False)
+    assert speed(resolve_speed_settings(auto_config(iterations=300), AVX2_CPU)) == ("fp32", True, True)
+    assert speed(resolve_speed_settings(auto_config(iterations=300), NO_COMPILER_CPU)) == ("fp32", False, False)
+
+
 def test_a_long_meta_test_compiles_even_after_a_short_meta_training():
     short = auto_config(iterations=100)  # 600 test episodes (the default)
     assert speed(resolve_speed_settings(short, AVX2_CPU, step="meta_test")) == ("fp32", True, True)
