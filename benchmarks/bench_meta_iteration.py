@@ -170,20 +170,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limits-only", action="store_true",
                         help="measure only the practical FLOP rate (no meta-iterations; CSV <tag>_limits)")
     parser.add_argument("--limit-batch", type=int, default=1024, help="batch of the --limits measurement")
-    parser.add_argument("--limit-sizes", default="32,84", help="image sizes of the --limits measurement")
-    parser.add_argument("--limit-precisions", default="fp32,bf16",
+    parser.add_argument("--limit-sizes", default="32,84", type=_sizes, help="image sizes of the --limits measurement")
+    parser.add_argument("--limit-precisions", default="fp32,bf16", type=_precisions,
                         help="precisions of the --limits measurement (bf16 is emulated, and slow, without "
                              "AVX-512 BF16 or AMX)")
     parser.add_argument("--tag", default=None, help="CSV name part (default: the --configs value)")
     parser.add_argument("--out", type=Path, default=None, help="CSV path (overrides --tag)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    precisions = args.limit_precisions.split(",")
-    if not set(precisions) <= {"fp32", "bf16"}:
-        parser.error(f"--limit-precisions: expected a comma-separated subset of fp32,bf16, got {args.limit_precisions!r}")
-    if not all(size.isdigit() and int(size) > 0 for size in args.limit_sizes.split(",")):
-        parser.error(f"--limit-sizes: expected comma-separated positive integers, got {args.limit_sizes!r}")
-    return args
+    return parser.parse_args(argv)
+
+
+def _sizes(text: str) -> list[int]:
+    """``--limit-sizes``: comma-separated positive integers."""
+    if not all(size.isdigit() and int(size) > 0 for size in text.split(",")):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return [int(size) for size in text.split(",")]
+
+
+def _precisions(text: str) -> list[str]:
+    """``--limit-precisions``: a comma-separated subset of fp32, bf16."""
+    if not set(text.split(",")) <= {"fp32", "bf16"}:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of fp32,bf16, got {text!r}")
+    return text.split(",")
 
 
 def resolve_configs(spec: str) -> list[tuple[str, str]]:
@@ -551,10 +559,8 @@ def conv_limits(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     repeats = min(60, max(6, 6 * 1024 // args.limit_batch))  # about the same work per timing at any batch
     rows = []
-    sizes = [int(size) for size in args.limit_sizes.split(",")]
-    precisions = [precision.strip() for precision in args.limit_precisions.split(",")]
-    for size in sizes:
-        for precision, channels_last in ((p, cl) for p in precisions for cl in (False, True)):
+    for size in args.limit_sizes:
+        for precision, channels_last in ((p, cl) for p in args.limit_precisions for cl in (False, True)):
             model = build_backbone("conv4", 5, 3, size, running_stats=True, width=32).to(args.device).eval()
             model.requires_grad_(False)
             fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -601,7 +607,7 @@ def matmul_limits(args: argparse.Namespace) -> list[dict]:
 
     rows = []
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    for precision in (p.strip() for p in args.limit_precisions.split(",")):
+    for precision in args.limit_precisions:
         dtype = dtypes[precision]
         a = torch.randn(2048, 2048, device=args.device, dtype=dtype)
         seconds = _repeat(lambda a=a: a @ a, 2, 10, args.device)
