@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def _no_progress_bars(monkeypatch):
     """Progress bars off in every test (keeps the output readable)."""
     monkeypatch.setenv("PURER_NO_PROGRESS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Remove the root-logger handlers a test's CLI call installed, and restore the root level.
+
+    A CLI entry point called in-process (``setup_logging``: ``basicConfig(force=True)``) points the root
+    logger at the ``sys.stderr`` of that moment, pytest's capture stream for that one test. Left in
+    place, a later test's log records would go to a closed stream ("--- Logging error ---"). pytest's
+    own capture handlers come and go per test phase and are left to pytest.
+    """
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture
