@@ -219,6 +219,11 @@ def effective_warmup(curriculum: CurriculumConfig, iterations: int) -> int:
     return int(curriculum.warmup)
 
 
+# meta_train keys that never change a run's numbers: a resumed run may change them (the resume fingerprint,
+# purer/meta/checkpoint.py, and `purer status`'s "written for another config" check leave them out)
+NEUTRAL_META_TRAIN_KEYS = ("checkpoint_interval", "grid_snapshots", "snapshots")
+
+
 @dataclass(frozen=True)
 class MetaTrainConfig:
     """ECI meta-training and the training-time baselines (docs/method.md §2, §6)."""

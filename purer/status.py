@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from purer import arms, paths
-from purer.config import ExperimentConfig, effective_warmup, to_dict
+from purer.config import NEUTRAL_META_TRAIN_KEYS, ExperimentConfig, effective_warmup, to_dict
 from purer.grid import grid_runs
 from purer.variants import grid_variants
 
@@ -68,9 +68,6 @@ def read_lines(path: Path) -> list[dict]:
     return rows
 
 
-NEUTRAL_KEYS = ("checkpoint_interval", "grid_snapshots", "snapshots")  # as purer/meta/checkpoint.py (torch-free here)
-
-
 def written_for_another_config(run: Path, meta_train: dict) -> bool:
     """Whether the run folder's ``config.resolved.yaml`` has another ``meta_train`` (neutral keys aside)."""
     try:
@@ -80,7 +77,7 @@ def written_for_another_config(run: Path, meta_train: dict) -> bool:
     if not isinstance(written, dict) or not isinstance(written.get("meta_train"), dict):
         return False
     def strip(section: dict) -> dict:
-        return {k: v for k, v in section.items() if k not in NEUTRAL_KEYS}
+        return {k: v for k, v in section.items() if k not in NEUTRAL_META_TRAIN_KEYS}
     return strip(written["meta_train"]) != strip(meta_train)
 
 

@@ -399,3 +399,16 @@ def test_compile_without_a_cpp_compiler_is_a_clear_error(monkeypatch):
         runtime_module.require_compiler(True, torch.device("cpu"))
     monkeypatch.setattr(runtime_module.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
     runtime_module.require_compiler(True, torch.device("cpu"))
+
+
+def test_the_fingerprint_leaves_out_exactly_the_neutral_keys(pool):
+    import dataclasses
+
+    from purer.config import NEUTRAL_META_TRAIN_KEYS, MetaTrainConfig
+    from purer.meta.checkpoint import fingerprint
+
+    assert set(NEUTRAL_META_TRAIN_KEYS) <= {f.name for f in dataclasses.fields(MetaTrainConfig)}
+    base = fingerprint(_config(pool), "purer", 1, 0, [])
+    for neutral in ("checkpoint_interval=7", "grid_snapshots=1", "snapshots=true"):
+        assert fingerprint(_config(pool, f"meta_train.{neutral}"), "purer", 1, 0, []) == base, neutral
+    assert fingerprint(_config(pool, "meta_train.val_interval=7"), "purer", 1, 0, []) != base

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from purer.config import ExperimentConfig, to_dict
+from purer.config import NEUTRAL_META_TRAIN_KEYS, ExperimentConfig, to_dict
 from purer.errors import CheckpointError
 from purer.inversion.dataset import DynamicDataset, domain_name, save_png
 from purer.io import load_torch, save_torch, write_json, write_text
@@ -37,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "purer-meta-train/1"
 RUN_OUTPUTS = ("meta_model.pt", "last.pt", "checkpoint.pt", "summary.json", "curve.jsonl", "val.jsonl")
-# settings that never change the numbers (a resumed run may change them)
-NEUTRAL_KEYS = ("checkpoint_interval", "grid_snapshots", "snapshots")
 CODE_MODULES = fingerprint_modules()  # the meta-training step's modules (purer/pipeline.py)
 
 
@@ -59,7 +57,7 @@ def file_digest(path: str | Path) -> str:
 def fingerprint(config: ExperimentConfig, method: str, n_shot: int, seed: int, teachers: list[Any]) -> dict[str, Any]:
     """Everything that determines a run's numbers, as plain JSON values (the device excluded)."""
     meta_train = to_dict(config.meta_train)
-    for key in NEUTRAL_KEYS:
+    for key in NEUTRAL_META_TRAIN_KEYS:
         meta_train.pop(key)
     meta_train["inversion"].pop("on_nonfinite")  # only matters once a step is not finite
     value = {
