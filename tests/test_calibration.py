@@ -225,3 +225,15 @@ def test_compiled_inversion_computes_the_eager_objective(algorithm, monkeypatch)
     assert len(calibration._COMPILED_LOSSES) == 1
     start = torch.randn(eager.shape, generator=torch.Generator().manual_seed(3)).double()  # the initialisation
     assert (compiled - start).abs().max() > 0.1  # the steps moved the images
+
+
+def test_sgd_steps_by_hand():
+    # loss a²·b with b fixed: da = 2ab. a: 2 → 2 − 0.1·12 = 0.8 → 0.8 − 0.1·4.8 = 0.32
+    from purer.meta.calibration import sgd_steps
+
+    start = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
+    out = sgd_steps(start, ["a"], lambda p: p["a"] ** 2 * p["b"], steps=2, lr=0.1)
+    assert out["a"].item() == pytest.approx(0.32) and out["b"].item() == 3.0
+    assert not any(p.requires_grad for p in out.values())
+    assert start["a"].item() == 2.0  # the caller's dict is not changed
+    assert sgd_steps(start, ["a"], lambda p: p["a"] ** 2, steps=0, lr=0.1)["a"].item() == 2.0

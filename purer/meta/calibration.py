@@ -260,6 +260,32 @@ def invert_adapted_model(
 # --------------------------------------------------------------------------------------------
 
 
+def sgd_steps(
+    params: Params, names: Sequence[str], loss_of: Callable[[Params], torch.Tensor], steps: int, lr: float,
+) -> Params:
+    """``steps`` plain SGD steps (learning rate ``lr``) on ``params[names]``; the rest stays fixed.
+
+    ``loss_of`` maps the current parameters (every name, those in ``names`` requiring grad) to a
+    scalar loss. Used by every calibration and fine-tuning step of this module, per episode and
+    batched (stacked [G, ...] parameters with a summed loss give each episode its own gradient).
+
+    Returns:
+        A new parameter dict, detached.
+    """
+    params = {name: p.detach() for name, p in params.items()}
+    with torch.enable_grad():
+        for _ in range(steps):
+            fast = {name: params[name].requires_grad_(True) for name in names}
+            grads = torch.autograd.grad(loss_of(params | fast), [fast[name] for name in names])
+            params = params | {n: (fast[n] - lr * g).detach() for n, g in zip(names, grads, strict=True)}
+    return params
+
+
+def head_names(params: Params) -> list[str]:
+    """Parameters of the linear head W (named ``head.*``)."""
+    return [name for name in params if name.startswith(HEAD_PREFIX)]
+
+
 def feature_names(params: Params) -> list[str]:
     """Parameters of the feature extractor φ (everything not named ``head.*``)."""
     return [name for name in params if not name.startswith(HEAD_PREFIX)]
@@ -283,21 +309,16 @@ def calibrate_features(
     Returns:
         A new parameter dict (detached) with calibrated φ and the same W.
     """
-    names = feature_names(params)
-    params = {name: p.detach() for name, p in params.items()}
     pseudo_x = pseudo_x.detach()
-    with torch.enable_grad():
-        for _ in range(config.feature_steps):
-            fast = {name: params[name].requires_grad_(True) for name in names}
-            current = params | fast
-            loss = calibration_loss(
-                features(model, current, support_x), support_y,
-                features(model, current, pseudo_x), pseudo_y,
-                config.temperature, config.symmetric,
-            )
-            grads = torch.autograd.grad(loss, [fast[name] for name in names])
-            params = params | {n: (fast[n] - config.feature_lr * g).detach() for n, g in zip(names, grads, strict=True)}
-    return params
+
+    def loss(current: Params) -> torch.Tensor:
+        return calibration_loss(
+            features(model, current, support_x), support_y,
+            features(model, current, pseudo_x), pseudo_y,
+            config.temperature, config.symmetric,
+        )
+
+    return sgd_steps(params, feature_names(params), loss, config.feature_steps, config.feature_lr)
 
 
 def calibrate_head(
@@ -327,15 +348,13 @@ def calibrate_head(
 
 def head_steps(model: nn.Module, params: Params, feats: torch.Tensor, labels: torch.Tensor, config: IcfilConfig) -> Params:
     """``head_steps`` SGD steps (lr ``head_lr``) on ``head.*`` with CE on fixed features [B, D], labels [B]."""
-    head_names = [name for name in params if name.startswith(HEAD_PREFIX)]
-    with torch.enable_grad():
-        for _ in range(config.head_steps):
-            head = {name: params[name].requires_grad_(True) for name in head_names}
-            local = {name[len(HEAD_PREFIX):]: p for name, p in head.items()}
-            loss = F.cross_entropy(functional_call(model.head, local, (feats,)), labels)
-            grads = torch.autograd.grad(loss, list(head.values()))
-            params = params | {n: (head[n] - config.head_lr * g).detach() for n, g in zip(head_names, grads, strict=True)}
-    return params
+    names = head_names(params)
+
+    def loss(current: Params) -> torch.Tensor:
+        local = {name[len(HEAD_PREFIX):]: current[name] for name in names}
+        return F.cross_entropy(functional_call(model.head, local, (feats,)), labels)
+
+    return sgd_steps(params, names, loss, config.head_steps, config.head_lr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,21 +424,14 @@ def support_finetune(model: nn.Module, state: AdaptedState, episode: Episode, co
         The fine-tuned state (detached).
     """
     support_x, support_y = episode.support_x, episode.support_y
-    names = feature_names(state.params)
-    params = {name: p.detach() for name, p in state.params.items()}
 
-    def support_logits(current: Params) -> torch.Tensor:
+    def support_loss(current: Params) -> torch.Tensor:
         if state.prototypes is None:
-            return functional_call(model, current, (support_x,))
+            return F.cross_entropy(functional_call(model, current, (support_x,)), support_y)
         feats = features(model, current, support_x)
-        return prototype_logits(feats, class_prototypes(feats, support_y))
+        return F.cross_entropy(prototype_logits(feats, class_prototypes(feats, support_y)), support_y)
 
-    with torch.enable_grad():
-        for _ in range(config.feature_steps):
-            fast = {name: params[name].requires_grad_(True) for name in names}
-            loss = F.cross_entropy(support_logits(params | fast), support_y)
-            grads = torch.autograd.grad(loss, [fast[name] for name in names])
-            params = params | {n: (fast[n] - config.feature_lr * g).detach() for n, g in zip(names, grads, strict=True)}
+    params = sgd_steps(state.params, feature_names(state.params), support_loss, config.feature_steps, config.feature_lr)
     if state.prototypes is not None:
         with torch.no_grad():
             return AdaptedState(params, class_prototypes(features(model, params, support_x), support_y))
@@ -511,25 +523,19 @@ def calibrate_features_batch(
     gradient). On CPU this is several times faster than ``vmap(grad(...))``, whose per-sample
     weight gradients of the convolutions take a slow path.
     """
-    names = feature_names(params)
-    params = {name: p.detach() for name, p in params.items()}
+    pseudo_x = pseudo_x.detach()
 
-    def loss(fast: Params, rest: Params, sx: torch.Tensor, sy: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
-        current = rest | fast
+    def loss(current: Params, sx: torch.Tensor, sy: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
         return calibration_loss(
             features(model, current, sx), sy, features(model, current, px), pseudo_y,
             config.temperature, config.symmetric,
         )
 
     losses = vmap(loss)
-    with torch.enable_grad():
-        for _ in range(config.feature_steps):
-            fast = {name: params[name].requires_grad_(True) for name in names}
-            rest = {name: p for name, p in params.items() if name not in fast}
-            total = losses(fast, rest, support_x, support_y, pseudo_x.detach()).sum()
-            grads = torch.autograd.grad(total, [fast[name] for name in names])
-            params = params | {n: (fast[n] - config.feature_lr * g).detach() for n, g in zip(names, grads, strict=True)}
-    return params
+    return sgd_steps(
+        params, feature_names(params), lambda current: losses(current, support_x, support_y, pseudo_x).sum(),
+        config.feature_steps, config.feature_lr,
+    )
 
 
 def calibrate_head_batch(
@@ -552,19 +558,17 @@ def calibrate_head_batch(
     with torch.no_grad():
         feats = vmap(episode_features)(params, support_x, pseudo_x.detach())  # [G, S + P, D]
     labels = torch.cat([support_y, pseudo_y.expand(support_y.shape[0], -1)], dim=1)  # [G, S + P]
-    head_names = [name for name in params if name.startswith(HEAD_PREFIX)]
+    names = head_names(params)
 
     def loss(head: Params, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         local = {name[len(HEAD_PREFIX):]: p for name, p in head.items()}
         return F.cross_entropy(functional_call(model.head, local, (f,)), y)
 
     losses = vmap(loss)
-    with torch.enable_grad():
-        for _ in range(config.head_steps):
-            head = {name: params[name].requires_grad_(True) for name in head_names}
-            grads = torch.autograd.grad(losses(head, feats, labels).sum(), [head[name] for name in head_names])
-            params = params | {n: (head[n] - config.head_lr * g).detach() for n, g in zip(head_names, grads, strict=True)}
-    return params
+    return sgd_steps(
+        params, names, lambda current: losses({n: current[n] for n in names}, feats, labels).sum(),
+        config.head_steps, config.head_lr,
+    )
 
 
 def icfil_calibrate_batch(
