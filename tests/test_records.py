@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 
 import yaml
@@ -11,7 +13,7 @@ from test_meta_train import _make_pool
 from purer import paths
 from purer.cli.main import main
 from purer.config import load_config
-from purer.report.records import records_dir, write_records
+from purer.report.records import pool_csv, records_dir, write_records
 
 LIMIT = 8 * 1024  # bytes per record file
 
@@ -32,7 +34,7 @@ def test_records_are_small_and_match_the_runs(tmp_path):
     written = write_records(config)
     assert {p.relative_to(records_dir(config)).as_posix() for p in written} == {
         f"{name}/3w1s/seed0/{file}" for name in ("random", "purer-a")
-        for file in ("run.json", "val.csv", "switches.csv", "tests.json")}
+        for file in ("run.json", "val.csv", "switches.csv", "tests.json")} | {"pool.csv"}
     assert all(0 < p.stat().st_size <= LIMIT for p in written)
 
     run = paths.run_dir(config, "purer-a", 1, 0)
@@ -55,3 +57,20 @@ def test_records_are_small_and_match_the_runs(tmp_path):
 
     assert main(["report", "-c", str(path)]) in (0, None)  # the report writes them too (report.records)
     assert (folder / "run.json").read_text() == json.dumps(header, indent=1) + "\n"
+
+
+def test_the_pool_record_lists_every_teacher_with_its_digest(tmp_path):
+    path = _make_pool(tmp_path)
+    config = load_config(path)
+    manifest = yaml.safe_load(paths.manifest_path(config).read_text())
+    rows = list(csv.DictReader(io.StringIO(pool_csv(config))))
+    assert len(rows) == len(manifest["teachers"]) > 0
+    for row, teacher in zip(rows, manifest["teachers"], strict=True):
+        checkpoint = paths.manifest_path(config).parent / teacher["checkpoint"]
+        assert int(row["index"]) == teacher["index"] and row["architecture"] == teacher["architecture"]
+        assert [int(c) for c in row["classes"].split()] == teacher["classes"]
+        assert float(row["val_accuracy"]) == teacher["val_accuracy"]
+        assert row["kept_epoch"] == str(teacher.get("kept_epoch", ""))
+        assert row["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    paths.manifest_path(config).unlink()
+    assert pool_csv(config) is None  # no pool yet: no record

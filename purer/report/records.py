@@ -11,12 +11,19 @@ For every run of the grid, ``<results_dir>/<experiment>/records/<run>/<n_way>w<n
 - ``tests.json``: per ``<dataset>/<variant>``, the meta-test ``metrics.json`` without its
   per-episode arrays (``accuracies``, ``candidates``).
 
+And once per experiment, ``<results_dir>/<experiment>/records/pool.csv``: every teacher of the pool
+manifest with its classes, validation accuracy, kept epoch and the digest of its checkpoint (the
+first 16 hex digits of its SHA-256, as in the resume fingerprint), so a retrained pool can be
+checked against the one the runs used.
+
 Each file is a few KB (the validation curve grows by one line per validation).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,11 +33,12 @@ from purer import paths
 from purer.config import ExperimentConfig
 from purer.errors import DataError
 from purer.grid import grid_runs
-from purer.io import atomic_dir, write_json, write_text
+from purer.io import atomic_dir, read_yaml, write_json, write_text
 from purer.report.aggregate import read_json, read_jsonl
 from purer.variants import grid_variants
 
 PER_EPISODE = ("accuracies", "candidates")  # arrays a test record leaves out
+POOL_FIELDS = ("index", "architecture", "dataset", "classes", "val_accuracy", "kept_epoch", "epochs", "sha256")
 
 
 def records_dir(config: ExperimentConfig) -> Path:
@@ -77,15 +85,44 @@ def run_files(config: ExperimentConfig, name: str, n_shot: int, seed: int) -> di
     return {"run.json": _json(run_record(summary)), "val.csv": val_csv, "switches.csv": switches, "tests.json": _json(tests)}
 
 
+def pool_csv(config: ExperimentConfig) -> str | None:
+    """``pool.csv`` (:data:`POOL_FIELDS`, classes space-separated), or None when the pool has no manifest yet.
+
+    Raises:
+        CheckpointError: a bad manifest (``purer.models.manifest.load_config_manifest``).
+    """
+    path = paths.manifest_path(config)
+    if not path.is_file():
+        return None
+    from purer.meta.checkpoint import file_digest  # torch-heavy imports, only when there is a pool
+    from purer.models.manifest import load_config_manifest
+
+    manifest = load_config_manifest(config)
+    raw = {t.get("index"): t for t in (read_yaml(path, "pool manifest") or {}).get("teachers", [])}
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=POOL_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for teacher in manifest.teachers:
+        training = raw.get(teacher.index, {})
+        writer.writerow({
+            "index": teacher.index, "architecture": teacher.architecture, "dataset": teacher.dataset,
+            "classes": " ".join(str(c) for c in teacher.classes), "val_accuracy": teacher.val_accuracy,
+            "kept_epoch": training.get("kept_epoch"), "epochs": training.get("epochs"),
+            "sha256": file_digest(teacher.checkpoint),
+        })
+    return buffer.getvalue()
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, indent=1) + "\n"
 
 
 def write_records(config: ExperimentConfig, runs: Iterable[tuple[str, int, int]] | None = None) -> list[Path]:
-    """Replace ``records/`` with the records of every run of the grid; returns the files written."""
+    """Replace ``records/`` with the records of every run of the grid and ``pool.csv``; returns the files written."""
     out = records_dir(config)
     n_way = config.meta_train.n_way
     built = {(name, k, s): run_files(config, name, k, s) for name, k, s in (runs or grid_runs(config))}
+    pool = pool_csv(config)
     written = []
     with atomic_dir(out) as tmp:
         for (name, n_shot, seed), files in built.items():
@@ -93,5 +130,8 @@ def write_records(config: ExperimentConfig, runs: Iterable[tuple[str, int, int]]
             for file, text in files.items():
                 write_text(tmp / folder / file, text)
                 written.append(out / folder / file)
+        if pool is not None:
+            write_text(tmp / "pool.csv", pool)
+            written.append(out / "pool.csv")
         write_json(tmp / "README.json", {"about": "per-run records written by `purer report` (purer/report/records.py)"})
     return written
