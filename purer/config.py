@@ -420,12 +420,40 @@ def _check_grid_names(grid: GridConfig) -> None:
 
 
 @dataclass(frozen=True)
+class DecisionConfig:
+    """A study's decision rule, fixed before its runs; the report applies it (purer/report/decision.py).
+
+    The contrast ``pair[0] − pair[1]`` (paired over shared test episodes, mean of the per-seed
+    differences with a 95% Student t interval across seeds) is judged at ``first_seeds`` seeds if
+    its half-width is at most ``target_half_width``, else at ``max_seeds`` seeds whatever the width.
+    """
+
+    pair: tuple[str, ...] = ()  # [a, b]: the contrast a - b (methods, arms or sweeps of the grid)
+    n_shot: int = 5
+    variant: str = "plain"  # the test variant compared (plain, icfil, ...)
+    dataset: str | None = None  # null: the first test dataset
+    target_half_width: float = 1.5  # percentage points: the interval half-width the study is powered for
+    first_seeds: int = 3  # seeds at the first look
+    max_seeds: int = 5  # seeds when the first look is wider than the target; decided there whatever the width
+
+    def __post_init__(self) -> None:
+        _require(len(self.pair) == 2 and self.pair[0] != self.pair[1], "pair", "two different run names [a, b]",
+                 self.pair)
+        _require(self.n_shot >= 1, "n_shot", "at least 1", self.n_shot)
+        _require(self.target_half_width > 0, "target_half_width", "a positive number", self.target_half_width)
+        _require(self.first_seeds >= 2, "first_seeds", "at least 2 (an interval across seeds)", self.first_seeds)
+        _require(self.max_seeds >= self.first_seeds, "max_seeds", f"at least first_seeds ({self.first_seeds})",
+                 self.max_seeds)
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """Tables and figures (paper style)."""
 
     formats: tuple[str, ...] = ("md", "tex", "csv")
     figure_formats: tuple[str, ...] = ("png", "pdf")
     records: bool = False  # also write small per-run text records under <experiment>/records/ (purer/report/records.py)
+    decision: DecisionConfig | None = None  # a decision rule the report applies (tables/decision.{md,json}); null: none
 
 
 @dataclass(frozen=True)
@@ -472,11 +500,26 @@ class ExperimentConfig:
                 )
         for name in self.grid.arms:
             arm_meta_train(self, name)  # unknown keys and bad values of an arm's `set` are refused here
+        if self.report.decision is not None:
+            _check_decision(self)
 
     @property
     def test_datasets(self) -> tuple[str, ...]:
         """Datasets the meta model is tested on (each separately)."""
         return self.meta_test.datasets or self.pool.datasets
+
+
+def _check_decision(config: ExperimentConfig) -> None:
+    """``report.decision`` names a pair, a shot and a dataset of this config's grid."""
+    decision = config.report.decision
+    runs = set(config.grid.methods) | set(config.grid.arms) | set(config.grid.sweeps)
+    for name in decision.pair:
+        _require(name in runs, "report.decision.pair", f"methods, arms or sweeps of the grid (defined: {sorted(runs)})",
+                 decision.pair)
+    _require(decision.n_shot in config.grid.shots, "report.decision.n_shot", f"one of grid.shots {list(config.grid.shots)}",
+             decision.n_shot)
+    _require(decision.dataset is None or decision.dataset in config.test_datasets, "report.decision.dataset",
+             f"a test dataset {list(config.test_datasets)} or null", decision.dataset)
 
 
 def arm_meta_train(config: ExperimentConfig, name: str) -> MetaTrainConfig:

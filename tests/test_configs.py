@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from pathlib import Path
 
@@ -33,8 +34,9 @@ def dotted_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
         key = f"{prefix}{field.name}"
         keys.append(key)
         hint = hints[field.name]
-        if dataclasses.is_dataclass(hint):
-            keys += dotted_keys(hint, key + ".")
+        optional = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]  # a section or null
+        if dataclasses.is_dataclass(hint) or (typing.get_origin(hint) in (typing.Union, types.UnionType) and optional):
+            keys += dotted_keys(hint if dataclasses.is_dataclass(hint) else optional[0], key + ".")
         elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
             keys += dotted_keys(typing.get_args(hint)[1], key + ".<name>.")
     return keys

@@ -37,7 +37,8 @@ def smoke_config(
                       "icfil_methods": list(icfil_methods), "icfil_controls": ["noise"],
                       "arms": copy.deepcopy(ARMS), "sweeps": {"purer-equal": ["purer-s1", "purer-s3"]},
                       "pairs": [["purer-parity", "ei-triangular"], ["purer-equal", "ei"]]}
-    config["report"] |= {"records": True}
+    config["report"] |= {"records": True, "decision": {"pair": ["purer-parity", "ei-triangular"], "n_shot": 1,
+                                                       "first_seeds": 2, "max_seeds": 2}}
     return config
 
 
@@ -87,5 +88,7 @@ def test_the_smoke_grid_runs_end_to_end(tmp_path):
     branch = json.loads((paths.run_dir(config, "purer-s1", 1, 0) / "summary.json").read_text())
     assert branch["branched_from"]["iteration"] == 2
     assert (paths.experiment_dir(config) / "records" / "purer-s1" / "5w1s" / "seed0" / "run.json").is_file()
+    decision = json.loads((paths.report_dir(config) / "tables" / "decision.json").read_text())
+    assert decision["outcome"] == "pending" and decision["n_seeds"] == 1  # one seed of the two the rule needs
     compute_time = (paths.report_dir(config) / "compute_time.md").read_text()
     assert "| purer-s1 | 1 | 1 |" in compute_time and "meta-test icfil-noise" in compute_time

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> None:
     from purer.report import (  # pandas/seaborn: only when reporting
         aggregate,
         compute,
+        decision,
         figures,
         records,
         sweeps,
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> None:
     main_rows = summary[summary["test_variant"].isin(aggregate.MAIN_VARIANTS)]
     built_figures = figures.build_figures(main_rows, main_table, root)
     compute_time = None if args.root else compute.compute_rows(config)  # the grid's runs and tests
+    # the study's decision rule, fixed in the config before the runs (purer/report/decision.py)
+    verdict = decision.decide(differences, config) if config.report.decision and not args.root else None
     # the whole report is written into a temporary folder that then replaces `out`: an interrupted
     # report leaves the previous one intact, and files of formats no longer configured disappear
     with atomic_dir(out) as tmp:
@@ -78,6 +81,8 @@ def run(args: argparse.Namespace) -> None:
         written += figures.save_figures(built_figures, tmp / "figures", config.report.figure_formats)
         if selection is not None:
             written += sweeps.write_selection(selection, tmp / "tables")
+        if verdict is not None:
+            written += decision.write_decision(verdict, tmp / "tables")
         if compute_time is not None:
             written += compute.write_compute(compute_time, tmp)  # beside tables/: timings differ run to run
         written.append(aggregate.write_summary(tmp / "summary.json", summary, differences,
@@ -88,6 +93,8 @@ def run(args: argparse.Namespace) -> None:
         logger.info("wrote %s", out / path.relative_to(tmp))
     if config.report.records and not args.root:
         logger.info("wrote %d record files under %s", len(records.write_records(config)), records.records_dir(config))
+    if verdict is not None:
+        logger.info("decision: %s", verdict.text)
     logger.info(
         "report: %d result cells, %d tables, %d figures in %s",
         len(summary),
