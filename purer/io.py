@@ -14,6 +14,7 @@ checkpoint or cached split that holds any other pickled object is refused before
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -283,3 +284,9 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise CheckpointError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except ValueError as exc:
         raise CheckpointError(f"{what} {path} is truncated or not valid JSON ({exc})") from None
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) of a file's bytes: a retrained teacher changes it."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]

@@ -50,8 +50,13 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
         "meta/learners.py", "inversion/losses.py", "models/manifest.py", "models/pool.py", "models/backbones.py",
         "data/episodes.py", "data/cache.py",
     ),
-    "report": ("cli/report.py", "grid.py", "arms.py", "report/sweeps.py", "report/records.py", "report/compute.py", "report/aggregate.py", "report/tables.py", "report/figures.py", "statistics.py",
-               "variants.py", "data/cache.py"),
+    "report": (
+        "cli/report.py", "grid.py", "arms.py", "variants.py", "statistics.py",
+        "report/sweeps.py", "report/records.py", "report/compute.py", "report/aggregate.py", "report/tables.py",
+        "report/figures.py", "report/decision.py",
+        "models/manifest.py", "models/pool.py", "models/backbones.py",  # the pool record reads the manifest
+        "data/cache.py",
+    ),
 }
 
 # Modules of each dataset source (``datasets.<name>.source``), run by ``prepare`` only.

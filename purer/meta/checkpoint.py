@@ -30,7 +30,7 @@ import torch
 from purer.config import NEUTRAL_META_TRAIN_KEYS, ExperimentConfig, to_dict
 from purer.errors import CheckpointError
 from purer.inversion.dataset import DynamicDataset, domain_name, save_png
-from purer.io import load_torch, save_torch, write_json, write_text
+from purer.io import file_digest, load_torch, save_torch, write_json, write_text
 from purer.pipeline import fingerprint_modules
 
 logger = logging.getLogger(__name__)
@@ -46,12 +46,6 @@ def code_digest() -> str:
     for name in CODE_MODULES:
         digest.update(Path(importlib.import_module(name).__file__).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 (first 16 hex digits) of a file: a retrained teacher invalidates a checkpoint."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
 
 
 def fingerprint(config: ExperimentConfig, method: str, n_shot: int, seed: int, teachers: list[Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from purer import paths
 from purer.config import ExperimentConfig
 from purer.errors import DataError
 from purer.grid import grid_runs
-from purer.io import atomic_dir, read_yaml, write_json, write_text
+from purer.io import atomic_dir, file_digest, read_yaml, write_json, write_text
 from purer.report.aggregate import read_json, read_jsonl
 from purer.variants import grid_variants
 
@@ -94,8 +94,7 @@ def pool_csv(config: ExperimentConfig) -> str | None:
     path = paths.manifest_path(config)
     if not path.is_file():
         return None
-    from purer.meta.checkpoint import file_digest  # torch-heavy imports, only when there is a pool
-    from purer.models.manifest import load_config_manifest
+    from purer.models.manifest import load_config_manifest  # torch-heavy imports, only when there is a pool
 
     manifest = load_config_manifest(config)
     raw = {t.get("index"): t for t in (read_yaml(path, "pool manifest") or {}).get("teachers", [])}
